@@ -1,0 +1,418 @@
+"""One step of following a request: what a ``poll_request`` message does when it runs.
+
+:meth:`Poller.step` claims the request record, makes at most one status call
+and one result call, records what it saw, and answers with what the Celery
+task must do next: :class:`Finish` (return the result or raise the error),
+:class:`Again` (re-send itself with a countdown) or :class:`Stale` (exit
+quietly; another message carries the chain). Keeping this out of the task
+keeps the task thin and lets the logic run against a real Redis without a
+worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .client import ClipiaClient
+from .errors import (
+    ApiError,
+    ClipiaTasksError,
+    PollTimeoutError,
+    RequestCanceledError,
+    RequestFailedError,
+    RetryableApiError,
+    TransientError,
+    error_from_dict,
+    error_to_dict,
+)
+from .metrics import NullMetrics
+from .policy import (
+    TERMINAL_STATUSES,
+    DelayPolicy,
+    Observation,
+    Phase,
+    PollContext,
+    classify,
+    split_countdown,
+)
+from .record import (
+    HISTORY_LEN,
+    RecordStore,
+    RequestState,
+    Role,
+    encode_history,
+    lock_token,
+    trim_history,
+)
+from .settings import Settings
+
+__all__ = ["Again", "Finish", "Poller", "Stale", "check_request_id"]
+
+log = logging.getLogger("clipia_tasks.poller")
+
+#: Extra time a follower waits past the owner's planned poll before reading the record.
+FOLLOWER_SLACK_S = 0.25
+#: A 202 on the result after a terminal status is retried after at most this long.
+RESULT_RACE_DELAY_S = 0.5
+#: How far past its planned poll an owner may be before another caller replaces it.
+LEASE_GRACE_S = 30.0
+
+
+def check_request_id(request_id: object) -> str:
+    """The canonical (lower-case) form of a request id, or ValueError."""
+    if isinstance(request_id, str):
+        try:
+            parsed = uuid.UUID(request_id.strip())
+        except ValueError:
+            parsed = None
+        if parsed is not None and len(request_id.strip()) == 36:
+            return str(parsed)
+    raise ValueError(
+        f"poll_request: {request_id!r} is not a Clipia request id; pass the UUID that "
+        "submit returned, e.g. '764cabcf-b745-4b3e-ae38-1200304cf45b'"
+    )
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The outcome is known: return ``result`` or raise ``error``."""
+
+    result: dict[str, Any] | None = None
+    error: Exception | None = None
+
+
+@dataclass(frozen=True)
+class Again:
+    """Re-send this message after ``countdown_s``; ``note`` is shown in Flower."""
+
+    countdown_s: float
+    note: str
+
+
+@dataclass(frozen=True)
+class Stale:
+    """This message has been superseded: exit without storing a result."""
+
+    reason: str
+
+
+Step = Finish | Again | Stale
+#: Fires the completion signals for a recorded outcome: "go" (fired now), "skip"
+#: (already fired), or "busy" (another process is firing them right now).
+Deliver = Callable[[RequestState], str]
+
+
+def outcome_of(state: RequestState) -> Finish:
+    """What a recorded outcome means for a caller."""
+    if state.outcome == "COMPLETED":
+        return Finish(result=state.result)
+    if state.error:
+        return Finish(error=error_from_dict(state.error))
+    return Finish(error=RequestFailedError(state.request_id, state.outcome or "", "", ""))
+
+
+def _describe(status: str | None, queue_position: int | None, progress: int | None) -> str:
+    text = status or "unknown"
+    if queue_position is not None:
+        text += f" #{queue_position} in queue"
+    if progress is not None:
+        text += f" {progress} %"
+    return text
+
+
+class Poller:
+    """Follows requests for one worker process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: RecordStore,
+        client_factory: Callable[[], ClipiaClient],
+        policy: DelayPolicy,
+        deliver: Deliver,
+        clock: Callable[[], float] = time.time,
+        metrics: NullMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self._client_factory = client_factory
+        self._client: ClipiaClient | None = None
+        self.policy = policy
+        self.deliver = deliver
+        self.clock = clock
+        self.metrics = metrics or NullMetrics()
+
+    def __repr__(self) -> str:
+        return f"Poller(base_url={self.settings.base_url!r})"
+
+    # Durations derived from the HTTP timeout: one run makes at most two calls.
+    @property
+    def _run_s(self) -> float:
+        """How long one message may run before its chain counts as overdue."""
+        return 2 * self.settings.http_timeout_s + 1
+
+    @property
+    def _lock_s(self) -> float:
+        """How long the poll lock lives if its holder dies without releasing it."""
+        return 2 * self.settings.http_timeout_s + 5
+
+    @property
+    def _lease_s(self) -> float:
+        """How far past its planned poll an owner may be before another caller takes over."""
+        return 3 * self.settings.http_timeout_s + LEASE_GRACE_S
+
+    @property
+    def client(self) -> ClipiaClient:
+        if self._client is None:
+            self._client = self._client_factory()
+        return self._client
+
+    # -- the step --------------------------------------------------------------
+
+    def step(
+        self, request_id: str, task_id: str, retries: int, enqueued_at: float | None
+    ) -> Step:
+        s = self.settings
+        now = self.clock()
+        claim = self.store.claim(
+            request_id,
+            task_id,
+            retries,
+            first_enqueued_at=enqueued_at or now,
+            timeout_s=s.poll_timeout_s,
+            lease_s=self._lease_s,
+            run_s=self._run_s,
+            now=now,
+        )
+        state = claim.state
+        if claim.role is Role.DONE:
+            if task_id in state.answered:
+                # A restored copy of a message whose chain already answered its
+                # caller: answering again would fire that caller's links twice.
+                return Stale(f"chain {task_id} already answered")
+            # Delivers only if a crash interrupted the first delivery.
+            return self._conclude(state)
+        if claim.role is Role.STALE:
+            return Stale(f"message {retries} of chain {task_id} was superseded")
+        if claim.role is Role.FOLLOWER:
+            wait = (state.next_poll_at or now) - now + FOLLOWER_SLACK_S
+            wait = min(max(wait, s.poll_interval_s / 2), s.max_countdown_s)
+            self.store.plan(request_id, task_id, now + wait)
+            note = _describe(state.status, state.queue_position, state.progress)
+            return Again(wait, f"{note}; following poller {state.owner}, next look in {wait:.1f} s")
+
+        deadline = state.deadline_at or (now + s.poll_timeout_s)
+        if state.next_poll_at is not None and now < state.next_poll_at - 0.05:
+            return self._schedule(state, task_id, retries, state.next_poll_at, {}, "waiting")
+        if now >= deadline:
+            return self._time_out(state, now)
+        token = lock_token(task_id, retries)
+        verdict, info = self.store.begin_poll(
+            request_id, token, lock_s=self._lock_s, now=now,
+            min_gap_s=s.poll_interval_s,
+        )
+        if verdict == "early":
+            # A copy of this message polled moments ago (then its worker died):
+            # keep the promised gap between two calls.
+            wake = float(info) + s.poll_interval_s + 0.01
+            return self._schedule(state, task_id, retries, wake, {}, "keeping the poll gap")
+        if verdict == "locked":
+            wake = now + self.store.lock_ttl_s(request_id) + 0.1
+            return self._schedule(state, task_id, retries, wake, {}, "another copy is polling")
+        try:
+            return self._poll(state, task_id, retries, now, deadline)
+        finally:
+            self.store.unlock(request_id, token)
+
+    # -- pieces ----------------------------------------------------------------
+
+    def _poll(
+        self, state: RequestState, task_id: str, retries: int, now: float, deadline: float
+    ) -> Step:
+        rid = state.request_id
+        fields: dict[str, Any] = {}
+        paused = self.store.pause_until(self.client.key_fingerprint)
+        if paused > now:
+            # Another poller of this key was told to slow down: so are we.
+            return self._schedule(state, task_id, retries, paused, {}, "rate limited (shared)")
+        if state.status in TERMINAL_STATUSES:
+            # Seen terminal before, result not fetched yet (202 race or a crash).
+            status = state.status
+        else:
+            try:
+                snap = self.client.status(rid)
+            except TransientError as exc:
+                return self._after_error(state, task_id, retries, now, deadline, exc)
+            except ApiError as exc:
+                return self._fatal(state, task_id, exc)
+            status = snap.status
+            first = state.first_enqueued_at or now
+            history = [*state.history, Observation(round(now - first, 3), status,
+                                                   snap.queue_position, snap.progress)]
+            polls = state.polls + 1
+            fields = {
+                "status": status,
+                "queue_position": snap.queue_position,
+                "progress": snap.progress,
+                "last_poll_at": repr(now),
+                "polls": polls,
+                "errors": 0,
+                "history": encode_history(trim_history(history, HISTORY_LEN)),
+            }
+            phase = classify(status)
+            self.metrics.poll()
+            if phase is Phase.UNKNOWN and not state.unknown_logged:
+                log.warning(
+                    "request %s has status %r, which the API docs do not list; "
+                    "treating it as not finished", rid, status,
+                    extra={"request_id": rid, "task_id": task_id},
+                )
+                fields["unknown_logged"] = 1
+            if phase is not Phase.TERMINAL:
+                ctx = PollContext(elapsed_s=now - first, polls=polls, history=tuple(history))
+                delay = self.policy.next_delay(ctx)
+                note = _describe(status, snap.queue_position, snap.progress)
+                log.debug("polled %s: %s, next poll in %.1f s", rid, note, delay,
+                          extra={"request_id": rid, "task_id": task_id, "attempt": retries,
+                                 "next_delay_s": round(delay, 3)})
+                return self._schedule(
+                    state, task_id, retries, min(now + delay, deadline + 0.01), fields, note
+                )
+        try:
+            body = self.client.result(rid)
+        except TransientError as exc:
+            fields["status"] = status
+            return self._after_error(state, task_id, retries, now, deadline, exc, fields)
+        except ApiError as exc:
+            return self._fatal(state, task_id, exc)
+        if body is None:
+            fields["status"] = status
+            wake = now + min(self.settings.poll_interval_s, RESULT_RACE_DELAY_S)
+            note = f"{status}, result not ready"
+            return self._schedule(state, task_id, retries, wake, fields, note)
+        return self._record_outcome(state, body, fields, now)
+
+    def _record_outcome(
+        self, state: RequestState, body: dict[str, Any], fields: dict[str, Any], now: float
+    ) -> Step:
+        rid = state.request_id
+        outcome = str(body.get("status"))
+        error: ClipiaTasksError | None = None
+        if outcome != "COMPLETED":
+            raw_error = body.get("error")
+            err: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
+            cls = RequestCanceledError if outcome == "CANCELED" else RequestFailedError
+            error = cls(rid, outcome, str(err.get("code") or ""), str(err.get("message") or ""))
+        fields.update(
+            outcome=outcome,
+            status=outcome,
+            result=body,
+            error=error_to_dict(error) if error else None,
+            finished_at=repr(now),
+            next_poll_at="",
+        )
+        if self.store.finish(rid, fields):
+            self._count_outcome(state, outcome, now)
+            log.info("request %s ended %s", rid, outcome,
+                     extra={"request_id": rid, "task_id": state.owner})
+        return self._conclude_fresh(rid)
+
+    def _count_outcome(self, state: RequestState, outcome: str, now: float) -> None:
+        first = state.first_enqueued_at
+        self.metrics.outcome(outcome, now - first if first is not None else None)
+
+    def _conclude_fresh(self, rid: str) -> Step:
+        final = self.store.get(rid)
+        assert final is not None and final.outcome is not None
+        return self._conclude(final)
+
+    def _conclude(self, state: RequestState) -> Step:
+        """Make sure the signals fired, then answer with the recorded outcome."""
+        if self.deliver(state) == "busy":
+            wait = max(self.store.delivery_lock_ttl_s(state.request_id), 0.5)
+            return Again(wait, f"{state.outcome}; another worker is delivering the outcome")
+        return outcome_of(state)
+
+    def _time_out(self, state: RequestState, now: float) -> Step:
+        rid = state.request_id
+        waited = now - (state.first_enqueued_at or now)
+        failing = state.last_error if state.errors else ""
+        error = PollTimeoutError(rid, round(waited, 1), state.status or "", failing)
+        won = self.store.finish(
+            rid,
+            {
+                "outcome": "TIMED_OUT",
+                "error": error_to_dict(error),
+                "finished_at": repr(now),
+                "next_poll_at": "",
+            },
+        )
+        if won:
+            self._count_outcome(state, "TIMED_OUT", now)
+        log.info("request %s timed out after %.1f s", rid, waited,
+                 extra={"request_id": rid, "task_id": state.owner})
+        return self._conclude_fresh(rid)
+
+    def _after_error(
+        self,
+        state: RequestState,
+        task_id: str,
+        retries: int,
+        now: float,
+        deadline: float,
+        exc: TransientError,
+        fields: dict[str, Any] | None = None,
+    ) -> Step:
+        errors = state.errors + 1
+        self.metrics.api_error(str(getattr(exc, "code", "error")))
+        if isinstance(exc, RetryableApiError) and exc.retry_after_s and "429" in exc.reason:
+            # Rate limits are per key: hold every poller of this key off, not just this one.
+            self.store.pause(self.client.key_fingerprint, self.clock() + exc.retry_after_s,
+                             self.clock())
+        delay = self.policy.error_delay(errors, exc.retry_after_s)
+        log.warning(
+            "%s (error %d in a row, next try in %.1f s)", exc, errors, delay,
+            extra={"request_id": state.request_id, "task_id": task_id, "attempt": retries,
+                   "next_delay_s": round(delay, 3)},
+        )
+        # Short: a value over 64 bytes would cost the record its compact encoding.
+        fields = {**(fields or {}), "errors": errors, "last_error": exc.reason[:60]}
+        # Retry-After counts from when the answer arrived, not from when we asked.
+        wake = min(self.clock() + delay, deadline + 0.01)
+        return self._schedule(state, task_id, retries, wake, fields, f"{exc.reason}, retrying")
+
+    def _fatal(self, state: RequestState, task_id: str, exc: ApiError) -> Step:
+        self.metrics.api_error(exc.code)
+        log.error("%s", exc, extra={"request_id": state.request_id, "task_id": task_id})
+        self.store.release(state.request_id, task_id, {"fatal": error_to_dict(exc)})
+        return Finish(error=exc)
+
+    def _schedule(
+        self,
+        state: RequestState,
+        task_id: str,
+        retries: int,
+        wake_at: float,
+        fields: dict[str, Any],
+        note: str,
+    ) -> Step:
+        now = self.clock()
+        countdown, hop = split_countdown(wake_at - now, self.settings.max_countdown_s)
+        lease_until = wake_at + self._lease_s
+        ok = self.store.schedule(
+            state.request_id,
+            task_id,
+            gen_next=retries + 1,
+            lease_until=lease_until,
+            wake_at=wake_at,
+            fields=fields,
+        )
+        if not ok:
+            return Stale(f"chain {task_id} lost ownership of {state.request_id}")
+        suffix = f"; hop {countdown:.0f} s of a longer wait" if hop else ""
+        return Again(countdown, f"{note}, next poll in {wake_at - now:.1f} s{suffix}")

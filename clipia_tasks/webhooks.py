@@ -1,0 +1,79 @@
+"""The webhook bridge: Clipia's signed webhooks complete requests through the same record.
+
+:func:`handle_webhook` is framework-neutral (headers and raw body in, HTTP
+status and JSON body out); ``clipia_tasks.contrib`` wraps it for Django,
+Flask and Starlette / FastAPI. A delivery is verified with the official SDK
+(``clipia.verify_signature``: HMAC-SHA256 over ``"{t}.{raw body}"``, ``t``
+taken only from the signed header, 300 s tolerance) against
+``CLIPIA_WEBHOOK_SECRET``; a bad or stale signature gets 401 and changes
+nothing, a malformed body 400.
+
+A verified delivery marks the request's terminal status in its record and
+enqueues one ``poll_request`` for it. That message (or the chain already
+polling, on its next tick) fetches the result with one
+``GET /v1/requests/{id}`` instead of polling ``/status`` again, and records
+the outcome through the same first-writer-wins transition, so a request with
+both a webhook and a poller completes once and the signals fire once, in a
+worker. Repeated deliveries are answered 200 and change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from clipia.webhooks import DEFAULT_TOLERANCE_SECONDS, verify_signature
+
+from . import _runtime
+from .poller import check_request_id
+from .settings import get_settings
+
+__all__ = ["handle_webhook"]
+
+log = logging.getLogger("clipia_tasks.webhooks")
+
+_STATUS_FOR = {"OK": "COMPLETED", "ERROR": "FAILED"}
+
+
+def handle_webhook(
+    headers: Mapping[str, str],
+    body: bytes | str,
+    *,
+    secret: str | None = None,
+    now: float | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Verify and record one webhook delivery. Returns ``(http_status, json_body)``."""
+    settings = get_settings()
+    secret = secret or settings.require_webhook_secret()
+    raw = body.encode() if isinstance(body, str) else body
+    if not verify_signature(secret, headers, raw, tolerance_seconds=DEFAULT_TOLERANCE_SECONDS,
+                            now=now):
+        log.warning("webhook rejected: bad or expired signature")
+        return 401, {"error": "invalid or expired signature"}
+    try:
+        data = json.loads(raw)
+        request_id = check_request_id(data.get("request_id"))
+        status = _STATUS_FOR[data.get("status")]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        log.warning("webhook rejected: malformed body")
+        return 400, {"error": "body must be JSON with a UUID request_id and status OK or ERROR"}
+    lowered = {str(k).lower(): v for k, v in headers.items()}
+    webhook_id = str(lowered.get("x-clipia-webhook-id") or uuid.uuid4())
+    store = _runtime.get_store()
+    now = time.time() if now is None else now
+    verdict = store.note_terminal(request_id, status, webhook_id=webhook_id,
+                                  timeout_s=settings.poll_timeout_s, now=now)
+    if verdict == "new":
+        from .tasks import poll_request
+
+        task_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"clipia-webhook:{request_id}"))
+        # Known to the sweep before it is sent, so a lost message is re-sent.
+        store.plan(request_id, task_id, now)
+        poll_request.apply_async((request_id,), task_id=task_id, queue=settings.queue)
+    log.info("webhook for request %s (%s): %s", request_id, data.get("status"), verdict,
+             extra={"request_id": request_id})
+    return 200, {"ok": True, "request_id": request_id, "recorded": verdict}
