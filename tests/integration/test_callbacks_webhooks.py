@@ -1,0 +1,255 @@
+"""HTTP callbacks out, Clipia webhooks in: signed, deduplicated, completing requests once."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import redis
+from clipia.webhooks import verify_signature
+
+from clipia_tasks import ConfigurationError, get_state, poll_request
+from clipia_tasks.callbacks import sign
+from clipia_tasks.webhooks import handle_webhook
+from tests.conftest import WORKER_ENV, Worker, signal_counts, wait_for
+
+pytestmark = pytest.mark.integration
+CB_SECRET = WORKER_ENV["CLIPIA_CALLBACK_SECRET"]
+WH_SECRET = WORKER_ENV["CLIPIA_WEBHOOK_SECRET"]
+
+
+class Receiver:
+    """A loopback HTTP endpoint that records POSTs and answers from a script of codes."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        self.codes: list[int] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                code = receiver.codes.pop(0) if receiver.codes else 200
+                receiver.posts.append({"headers": dict(self.headers), "raw": raw,
+                                       "code": code, "at": time.time()})
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/clipia"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+
+
+@pytest.fixture
+def sim(simulator: Any, worker: Worker, celery_env: dict[str, str]) -> Any:
+    return simulator.simulator
+
+
+def signed(body: dict[str, Any], *, t: int | None = None, webhook_id: str = "wh-1",
+           secret: str = WH_SECRET) -> tuple[dict[str, str], bytes]:
+    raw = json.dumps(body).encode()
+    t = int(time.time()) if t is None else t
+    return ({"X-Clipia-Webhook-Id": webhook_id, "X-Clipia-Timestamp": str(t),
+             "X-Clipia-Signature": sign(secret, raw, t), "Content-Type": "application/json"},
+            raw)
+
+
+# -- callbacks -----------------------------------------------------------------
+
+
+def test_a_callback_is_posted_once_signed_like_clipia_webhooks(
+    sim: Any, receiver: Receiver
+) -> None:
+    rid = sim.create({"run_s": 0.3})
+    res = poll_request.delay(rid, callback_url=receiver.url)
+    res.get(timeout=30)
+    post = wait_for(lambda: receiver.posts and receiver.posts[0], timeout_s=20)
+    time.sleep(0.5)
+    assert len(receiver.posts) == 1
+    assert verify_signature(CB_SECRET, post["headers"], post["raw"])
+    body = json.loads(post["raw"])
+    assert body["request_id"] == rid and body["task_id"] == res.id and body["status"] == "OK"
+    assert set(body["payload"]) == {"model", "output", "cost"}
+    assert post["headers"]["X-Clipia-Webhook-Id"]
+    # One handler serves both: Clipia's own bridge accepts our callback's signature scheme
+    assert verify_signature(CB_SECRET, post["headers"], post["raw"], tolerance_seconds=300)
+
+
+def test_a_failed_request_posts_an_error_callback(sim: Any, receiver: Receiver) -> None:
+    rid = sim.create({"run_s": 0.2, "final": "FAILED", "error_code": "nsfw_detected"})
+    poll_request.delay(rid, callback_url=receiver.url).get(timeout=30, propagate=False)
+    post = wait_for(lambda: receiver.posts and receiver.posts[0], timeout_s=20)
+    body = json.loads(post["raw"])
+    assert body["status"] == "ERROR" and body["error"]["code"] == "nsfw_detected"
+
+
+def test_a_failing_receiver_is_retried_with_the_same_delivery_id(
+    sim: Any, receiver: Receiver
+) -> None:
+    receiver.codes = [503, 500]
+    rid = sim.create({"run_s": 0.2})
+    poll_request.delay(rid, callback_url=receiver.url).get(timeout=30)
+    wait_for(lambda: any(p["code"] == 200 for p in receiver.posts), timeout_s=30)
+    time.sleep(0.5)
+    assert [p["code"] for p in receiver.posts] == [503, 500, 200]
+    ids = {p["headers"]["X-Clipia-Webhook-Id"] for p in receiver.posts}
+    assert len(ids) == 1
+    gaps = [b["at"] - a["at"] for a, b in zip(receiver.posts, receiver.posts[1:], strict=False)]
+    assert gaps[0] >= 0.9 and gaps[1] >= 1.9  # backoff 1 s, 2 s
+
+
+def test_callback_urls_and_the_secret_are_checked_at_the_call_site(
+    celery_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis
+) -> None:
+    from clipia_tasks.settings import reset_settings
+
+    rid = "764cabcf-b745-4b3e-ae38-1200304cf45b"
+    before = redis_client.llen("celery")
+    for bad in ("ftp://x/y", "/relative", "javascript:alert(1)", 5):
+        with pytest.raises(ValueError, match="callback_url"):
+            poll_request.delay(rid, callback_url=bad)
+    monkeypatch.delenv("CLIPIA_CALLBACK_SECRET")
+    reset_settings()
+    try:
+        with pytest.raises(ConfigurationError, match="CLIPIA_CALLBACK_SECRET"):
+            poll_request.delay(rid, callback_url="https://app.example.com/hook")
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+    assert redis_client.llen("celery") == before
+
+
+# -- webhooks ------------------------------------------------------------------
+
+
+def test_a_webhook_for_a_request_nobody_polls_records_it_and_fires_the_signal(
+    sim: Any, redis_client: redis.Redis
+) -> None:
+    rid = sim.create({"run_s": 0.1})
+    wait_for(lambda: sim.status_of(rid)["status"] == "COMPLETED")
+    status, body = handle_webhook(*signed({"request_id": rid, "status": "OK"}))
+    assert status == 200 and body["recorded"] == "new"
+    state = wait_for(lambda: (s := get_state(rid)) and s.outcome and s, timeout_s=20)
+    assert state.outcome == "COMPLETED" and state.result["output"]
+    wait_for(lambda: signal_counts(redis_client, rid)["completed"] == 1)
+    assert sim.calls(request_id=rid, endpoint="status") == []  # no /status at all
+    assert len(sim.calls(request_id=rid, endpoint="result")) == 1
+    # The same delivery again changes nothing
+    status, body = handle_webhook(*signed({"request_id": rid, "status": "OK"}))
+    assert status == 200 and body["recorded"] == "done"
+    time.sleep(1.0)
+    assert signal_counts(redis_client, rid) == {"completed": 1}
+    assert len(sim.calls(request_id=rid, endpoint="result")) == 1
+
+
+def test_a_webhook_and_a_poller_complete_the_request_once(
+    sim: Any, redis_client: redis.Redis
+) -> None:
+    # Given a poller already following a request
+    rid = sim.create({"run_s": 2.5, "progress": "none"})
+    res = poll_request.delay(rid)
+    wait_for(lambda: sim.calls(request_id=rid, endpoint="status"), timeout_s=20)
+    # When Clipia's webhook arrives (twice) right as the request ends
+    wait_for(lambda: sim.status_of(rid)["status"] == "COMPLETED", timeout_s=20)
+    sent_at = time.time()
+    assert handle_webhook(*signed({"request_id": rid, "status": "OK"}))[0] == 200
+    assert handle_webhook(*signed({"request_id": rid, "status": "OK"}, webhook_id="wh-2"))[0] == 200
+    # Then the caller gets the result, the signal fires once, one result call is made
+    assert res.get(timeout=30)["status"] == "COMPLETED"
+    wait_for(lambda: signal_counts(redis_client, rid)["completed"] == 1)
+    time.sleep(1.0)
+    assert signal_counts(redis_client, rid) == {"completed": 1}
+    assert len(sim.calls(request_id=rid, endpoint="result")) == 1
+    # And the poller did not poll /status after the webhook (a call already in flight aside)
+    late = [c for c in sim.calls(request_id=rid, endpoint="status") if c.at > sent_at + 0.2]
+    assert late == []
+
+
+@pytest.mark.parametrize("tamper", ["body", "old", "secret", "missing"])
+def test_bad_webhooks_are_rejected_with_no_side_effect(
+    sim: Any, redis_client: redis.Redis, tamper: str
+) -> None:
+    rid = sim.create({"run_s": 0.1})
+    headers, raw = signed({"request_id": rid, "status": "OK"},
+                          t=int(time.time()) - 400 if tamper == "old" else None,
+                          secret="wrong" if tamper == "secret" else WH_SECRET)
+    if tamper == "body":
+        raw = raw.replace(b'"OK"', b'"ERROR"')
+    if tamper == "missing":
+        headers.pop("X-Clipia-Signature")
+    status, _ = handle_webhook(headers, raw)
+    assert status == 401
+    time.sleep(0.3)
+    assert get_state(rid) is None and sim.calls(request_id=rid) == []
+
+
+def test_a_verified_but_malformed_webhook_is_a_400(celery_env: dict[str, str]) -> None:
+    for body in ({"request_id": "nope", "status": "OK"}, {"request_id": 1},
+                 {"request_id": "764cabcf-b745-4b3e-ae38-1200304cf45b", "status": "DONE"}):
+        assert handle_webhook(*signed(body))[0] == 400
+    headers, _ = signed({})
+    raw = b"not json"
+    headers["X-Clipia-Signature"] = sign(WH_SECRET, raw, int(time.time()))
+    assert handle_webhook(headers, raw)[0] == 400
+
+
+# -- framework adapters --------------------------------------------------------
+
+
+def test_the_django_flask_and_starlette_adapters(sim: Any) -> None:
+    import django
+    from django.conf import settings as dj
+
+    if not dj.configured:
+        dj.configure(DEBUG=False, ALLOWED_HOSTS=["*"], SECRET_KEY="x", ROOT_URLCONF=[])
+        django.setup()
+    from django.test import RequestFactory
+    from flask import Flask
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from clipia_tasks.contrib import django as dj_adapter
+    from clipia_tasks.contrib import flask as fl_adapter
+    from clipia_tasks.contrib import starlette as st_adapter
+
+    flask_app = Flask("t")
+    flask_app.add_url_rule("/hook", view_func=fl_adapter.clipia_webhook, methods=["POST"])
+    star_app = Starlette()
+    star_app.add_route("/hook", st_adapter.clipia_webhook, methods=["POST"])
+
+    def django_post(headers: dict[str, str], raw: bytes) -> int:
+        extra = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items()
+                 if k.lower() != "content-type"}
+        req = RequestFactory().post("/hook", data=raw, content_type="application/json", **extra)
+        return int(dj_adapter.clipia_webhook(req).status_code)
+
+    def flask_post(headers: dict[str, str], raw: bytes) -> int:
+        return int(flask_app.test_client().post("/hook", data=raw, headers=headers).status_code)
+
+    def star_post(headers: dict[str, str], raw: bytes) -> int:
+        return int(TestClient(star_app).post("/hook", content=raw, headers=headers).status_code)
+
+    for post in (django_post, flask_post, star_post):
+        rid = sim.create({"run_s": 0.1})
+        headers, raw = signed({"request_id": rid, "status": "OK"})
+        assert post(headers, raw) == 200, post.__name__
+        wait_for(lambda rid=rid: (s := get_state(rid)) and s.outcome == "COMPLETED",
+                 timeout_s=20)
+        bad_headers, bad_raw = signed({"request_id": rid, "status": "OK"}, secret="nope")
+        assert post(bad_headers, bad_raw) == 401, post.__name__

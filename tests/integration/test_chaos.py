@@ -1,0 +1,145 @@
+"""200 requests while workers are SIGKILLed at random and Redis restarts once.
+
+The issue's bar: every request reaches its terminal outcome, request_completed /
+request_failed fire exactly once per request id, and the simulator's call log
+shows no request polled by two chains at once — no two status calls for one
+request closer together than CLIPIA_POLL_INTERVAL, except the retry after an
+error. Redis runs with the production persistence settings (AOF, fsync every
+second); beat runs the sweep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from clipia_tasks import get_state, poll_request
+from tests.conftest import ROOT, WORKER_ENV, Beat, Worker
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+QUEUE = "chaos"
+N = 200
+GAP = float(WORKER_ENV["CLIPIA_POLL_INTERVAL"])
+
+
+def _script(rng: random.Random) -> dict[str, Any]:
+    roll = rng.random()
+    final = "COMPLETED" if roll < 0.85 else "FAILED" if roll < 0.95 else "CANCELED"
+    script: dict[str, Any] = {
+        "queue_s": round(rng.uniform(0, 2), 2),
+        "run_s": round(rng.uniform(1, 8), 2),
+        "progress": rng.choice(["linear", "jumpy", "none"]),
+        "final": final,
+    }
+    if rng.random() < 0.1:
+        script["faults"] = [{"endpoint": "status", "http": 503, "count": 2, "after_calls": 1}]
+    return script
+
+
+def _safe(fn: Any, default: Any = None) -> Any:
+    try:
+        return fn()
+    except (redis.RedisError, OSError):
+        return default
+
+
+def test_200_requests_through_worker_kills_and_a_redis_restart(
+    simulator: Any, redis_server: Any, redis_client: redis.Redis, celery_env: dict[str, str],
+    worker_logs: Path,
+) -> None:
+    rng = random.Random(20261124)
+    sim = simulator.simulator
+    scripts = {sim.create(s): s for s in (_script(rng) for _ in range(N))}
+    rids = list(scripts)
+    env = {**celery_env, "CLIPIA_QUEUE": QUEUE}
+    workers = [Worker(env, worker_logs, queue=QUEUE, name=f"chaos{i}") for i in range(2)]
+    for w in workers:
+        w.start()
+    beat = Beat(env, worker_logs).start()
+    try:
+        # Given 200 requests enqueued, 20 of them also from three other processes at once
+        for rid in rids:
+            poll_request.apply_async((rid,), queue=QUEUE)
+        dup_code = (
+            "import sys; from clipia_tasks import poll_request\n"
+            "for rid in sys.argv[1:]: poll_request.apply_async((rid,), queue='chaos')\n"
+        )
+        dups = [subprocess.Popen([sys.executable, "-c", dup_code, *rids[:20]], cwd=ROOT,
+                                 env={**os.environ, **env}) for _ in range(3)]
+        for p in dups:
+            assert p.wait(timeout=60) == 0
+
+        # When workers are killed at random for 40 s and Redis restarts once
+        started = time.monotonic()
+        kills = restarted_redis = 0
+        while time.monotonic() - started < 40:
+            time.sleep(rng.uniform(1.5, 3.5))
+            victim = rng.choice(workers)
+            if rng.random() < 0.5:
+                victim.kill()  # main process and pool children
+                victim.start()
+            else:
+                children = subprocess.run(["pgrep", "-P", str(victim.proc.pid)],  # type: ignore[union-attr]
+                                          capture_output=True, text=True).stdout.split()
+                if children:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(rng.choice(children)), signal.SIGKILL)
+            kills += 1
+            if not restarted_redis and time.monotonic() - started > 15:
+                redis_server.restart()  # SIGTERM (AOF flushed), start again, same port
+                restarted_redis = 1
+
+        # Then every request reaches its outcome and its signal fires, once
+        deadline = time.monotonic() + 150
+        pending = set(rids)
+        while pending and time.monotonic() < deadline:
+            for rid in list(pending):
+                state = _safe(lambda rid=rid: get_state(rid))
+                if state is not None and state.outcome and state.delivered:
+                    pending.discard(rid)
+            for w in workers:  # a worker that died on its own is restarted, as by a supervisor
+                if w.proc is None or w.proc.poll() is not None:
+                    w.kill()
+                    w.start()
+            time.sleep(0.5)
+        assert not pending, f"{len(pending)} unfinished, e.g. {get_state(next(iter(pending)))}"
+    finally:
+        beat.stop()
+        for w in workers:
+            w.stop()
+
+    entries = [json.loads(e) for e in redis_client.lrange("clipia-test:signals", 0, -1)]
+    fired = Counter((e["request_id"], e["signal"]) for e in entries if e["request_id"] in scripts)
+    wrong_outcome, not_once, too_close = [], [], []
+    for rid, script in scripts.items():
+        state = get_state(rid)
+        assert state is not None
+        if state.outcome != script["final"]:
+            wrong_outcome.append((rid, state.outcome, script["final"]))
+        kind = "completed" if script["final"] == "COMPLETED" else "failed"
+        if fired[(rid, kind)] != 1 or fired[(rid, "failed" if kind == "completed" else
+                                              "completed")] != 0:
+            not_once.append((rid, fired[(rid, "completed")], fired[(rid, "failed")]))
+        calls = sim.calls(request_id=rid, endpoint="status")
+        for a, b in itertools.pairwise(calls):
+            if a.status_code == 200 and b.at - a.at < GAP - 0.01:
+                too_close.append((rid, round(b.at - a.at, 3)))
+    print(f"\nchaos: {N} requests, {kills} kills, Redis restarted {restarted_redis}x, "
+          f"{len(sim.calls(endpoint='status'))} status calls")
+    assert restarted_redis == 1 and kills >= 10
+    assert wrong_outcome == []
+    assert not_once == []
+    assert too_close == []

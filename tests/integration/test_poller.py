@@ -1,0 +1,204 @@
+"""Poller steps against a real Redis with a scripted client and a fake clock (no worker)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from clipia_tasks.client import StatusSnapshot
+from clipia_tasks.errors import PollTimeoutError, RetryableApiError
+from clipia_tasks.policy import BackoffPolicy
+from clipia_tasks.poller import Again, Finish, Poller, Stale
+from clipia_tasks.record import RecordStore, RequestState
+from clipia_tasks.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ScriptedClient:
+    """Answers status/result calls from a list; counts calls."""
+
+    def __init__(self, statuses: list[Any], result: dict[str, Any] | None = None) -> None:
+        self.key_fingerprint = uuid.uuid4().hex  # per-key pauses must not leak across tests
+        self.statuses = list(statuses)
+        self.result_body = result
+        self.status_calls = 0
+        self.result_calls = 0
+
+    def status(self, rid: str) -> StatusSnapshot:
+        self.status_calls += 1
+        item = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        if isinstance(item, Exception):
+            raise item
+        return StatusSnapshot(rid, item, None, None)
+
+    def result(self, rid: str) -> dict[str, Any] | None:
+        self.result_calls += 1
+        return self.result_body
+
+
+@pytest.fixture
+def store(redis_server: Any) -> RecordStore:
+    return RecordStore(redis.Redis.from_url(redis_server.url, decode_responses=True), ttl_s=600)
+
+
+def make(store: RecordStore, client: ScriptedClient, clock: Clock, **settings: Any) -> Poller:
+    delivered: list[RequestState] = []
+    # Every value pinned: the environment of other tests must not leak in.
+    pinned: dict[str, Any] = {"poll_interval_s": 1.0, "poll_max_interval_s": 10.0,
+                              "visibility_timeout_s": 3600, "poll_timeout_s": 3600.0,
+                              "http_timeout_s": 10.0}
+    s = Settings(**(pinned | settings))
+    poller = Poller(s, store, lambda: client, BackoffPolicy(1.0, 10.0, rng=lambda: 0.0),
+                    delivered.append, clock=clock)
+    poller.delivered = delivered  # type: ignore[attr-defined]
+    return poller
+
+
+def test_unknown_status_is_not_terminal_and_logged_once(
+    store: RecordStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    rid, clock = str(uuid.uuid4()), Clock()
+    client = ScriptedClient(["PAUSED"])
+    poller = make(store, client, clock)
+    caplog.set_level(logging.WARNING, logger="clipia_tasks")
+    for retries in range(4):
+        step = poller.step(rid, "t1", retries, clock.now)
+        assert isinstance(step, Again)
+        clock.now += step.countdown_s
+    assert client.status_calls == 4 and client.result_calls == 0
+    assert sum("PAUSED" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_retry_after_longer_than_one_countdown_is_split_into_hops_that_call_nothing(
+    store: RecordStore,
+) -> None:
+    rid, clock = str(uuid.uuid4()), Clock()
+    client = ScriptedClient([RetryableApiError(rid, "HTTP 429", 5000.0), "IN_PROGRESS"])
+    poller = make(store, client, clock, poll_timeout_s=86400)
+    step = poller.step(rid, "t1", 0, clock.now)
+    assert isinstance(step, Again) and step.countdown_s == 1800.0 and "hop" in step.note
+    clock.now += 1800
+    step = poller.step(rid, "t1", 1, None)
+    assert isinstance(step, Again) and step.countdown_s == 1800.0
+    assert client.status_calls == 1  # the hop polled nothing
+    clock.now += 1800
+    step = poller.step(rid, "t1", 2, None)
+    assert isinstance(step, Again) and step.countdown_s == pytest.approx(1400.0)
+    clock.now += 1400
+    step = poller.step(rid, "t1", 3, None)
+    assert client.status_calls == 2 and isinstance(step, Again)
+
+
+def test_an_older_message_of_the_chain_is_stale_and_calls_nothing(store: RecordStore) -> None:
+    rid, clock = str(uuid.uuid4()), Clock()
+    client = ScriptedClient(["IN_QUEUE"])
+    poller = make(store, client, clock)
+    assert isinstance(poller.step(rid, "t1", 0, clock.now), Again)
+    clock.now += 5
+    assert isinstance(poller.step(rid, "t1", 1, None), Again)
+    # A redelivered copy of message 0 (e.g. restored after a visibility timeout)
+    assert isinstance(poller.step(rid, "t1", 0, None), Stale)
+    assert client.status_calls == 2
+
+
+def test_a_second_chain_follows_and_takes_over_only_when_the_owner_is_gone(
+    store: RecordStore,
+) -> None:
+    rid, clock = str(uuid.uuid4()), Clock()
+    client = ScriptedClient(["IN_PROGRESS"])
+    poller = make(store, client, clock)
+    first = poller.step(rid, "owner", 0, clock.now)
+    assert isinstance(first, Again)
+    follow = poller.step(rid, "other", 0, clock.now)
+    assert isinstance(follow, Again) and "following" in follow.note
+    assert client.status_calls == 1
+    # The owner's message is lost; long after its lease, the follower takes over
+    clock.now += 1000
+    assert isinstance(poller.step(rid, "other", 1, None), Again)
+    assert client.status_calls == 2
+    state = store.get(rid)
+    assert state is not None and state.owner == "other"
+    # The old owner's message, if it ever comes back, follows instead of polling
+    late = poller.step(rid, "owner", 1, None)
+    assert isinstance(late, Again) and "following" in late.note
+    assert client.status_calls == 2
+
+
+def test_the_deadline_belongs_to_the_request_and_is_set_once(store: RecordStore) -> None:
+    rid, clock = str(uuid.uuid4()), Clock()
+    client = ScriptedClient(["IN_PROGRESS"])
+    poller = make(store, client, clock, poll_timeout_s=30)
+    start, retries = clock.now, 0
+    while True:
+        # Later messages carry a later enqueued_at: it must not move the deadline
+        step = poller.step(rid, "t1", retries, clock.now)
+        if isinstance(step, Finish):
+            break
+        assert isinstance(step, Again)
+        clock.now += step.countdown_s
+        retries += 1
+    state = store.get(rid)
+    assert state is not None and state.deadline_at == start + 30
+    assert isinstance(step.error, PollTimeoutError)
+    assert 29.0 <= step.error.waited_s <= 31.5
+    assert len(poller.delivered) == 1  # type: ignore[attr-defined]
+
+
+def test_the_outcome_is_recorded_once_and_late_callers_get_it_without_api_calls(
+    store: RecordStore,
+) -> None:
+    rid, clock = str(uuid.uuid4()), Clock()
+    body = {"request_id": rid, "status": "COMPLETED", "output": {"images": []}}
+    client = ScriptedClient(["COMPLETED"], result=body)
+    poller = make(store, client, clock)
+    step = poller.step(rid, "t1", 0, clock.now)
+    assert isinstance(step, Finish) and step.result == body
+    again = poller.step(rid, "t2", 0, clock.now)
+    assert isinstance(again, Finish) and again.result == body
+    assert (client.status_calls, client.result_calls) == (1, 1)
+    state = store.get(rid)
+    assert state is not None and state.outcome == "COMPLETED"
+    assert not store.finish(rid, {"outcome": "FAILED"})  # first writer won
+
+
+def test_a_429_on_one_request_pauses_every_poller_of_the_key(store: RecordStore) -> None:
+    clock = Clock()
+    client = ScriptedClient([RetryableApiError("x", "Clipia answered HTTP 429 "
+                                               "rate_limit_exceeded", 20.0), "IN_PROGRESS"])
+    poller = make(store, client, clock)
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    step = poller.step(first, "t1", 0, clock.now)
+    assert isinstance(step, Again) and step.countdown_s >= 20.0
+    # Another request of the same key does not call the API during the pause
+    step = poller.step(second, "t2", 0, clock.now + 1)
+    assert isinstance(step, Again) and "rate limited" in step.note
+    assert client.status_calls == 1 and 18.0 <= step.countdown_s <= 20.5
+
+
+def test_a_deadline_reached_while_the_api_fails_says_so(store: RecordStore) -> None:
+    from clipia_tasks.errors import NetworkError
+
+    rid, clock = str(uuid.uuid4()), Clock()
+    client = ScriptedClient([NetworkError(rid, "ConnectError: [Errno 111] Connection refused")])
+    poller = make(store, client, clock, poll_timeout_s=10)
+    retries, step = 0, poller.step(rid, "t1", 0, clock.now)
+    while isinstance(step, Again):
+        clock.now += step.countdown_s
+        retries += 1
+        step = poller.step(rid, "t1", retries, None)
+    assert isinstance(step, Finish) and isinstance(step.error, PollTimeoutError)
+    assert "Connection refused" in step.error.last_error
+    assert "CLIPIA_BASE_URL" in str(step.error)

@@ -1,0 +1,129 @@
+"""Settings: env names, defaults, one clear message per bad value, no key in repr."""
+
+from __future__ import annotations
+
+import pytest
+
+from clipia_tasks.celery_app import celery_config
+from clipia_tasks.errors import ConfigurationError
+from clipia_tasks.settings import ENV_NAMES, Settings, load_settings
+
+KEY = "clipia_live_s3cr3tvalue"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory) -> None:
+    for names in ENV_NAMES.values():
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_a_web_process_needs_nothing_but_defaults() -> None:
+    settings = load_settings()
+    assert settings.redis_url == "redis://localhost:6379/0"
+    assert settings.broker == settings.backend == settings.redis_url
+    assert settings.api_key is None
+
+
+def test_both_key_names_are_read_and_the_key_never_shows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIPIA_KEY", KEY)
+    settings = load_settings()
+    assert settings.require_api_key() == KEY
+    assert KEY not in repr(settings) and KEY not in str(settings)
+    monkeypatch.setenv("CLIPIA_API_KEY", "clipia_test_other")
+    assert load_settings().require_api_key() == "clipia_test_other"
+
+
+def test_a_missing_key_is_one_clear_message() -> None:
+    with pytest.raises(ConfigurationError, match="CLIPIA_API_KEY is not set"):
+        load_settings().require_api_key()
+
+
+def test_a_key_of_the_wrong_shape_is_named_but_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIPIA_API_KEY", "sk-not-clipia-123")
+    with pytest.raises(ConfigurationError) as info:
+        load_settings().require_api_key()
+    assert "CLIPIA_API_KEY" in str(info.value) and "sk-not-clipia-123" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "expected"),
+    [
+        ("CLIPIA_POLL_INTERVAL", "abc", "CLIPIA_POLL_INTERVAL"),
+        ("CLIPIA_POLL_INTERVAL", "0", "CLIPIA_POLL_INTERVAL"),
+        ("CLIPIA_POLL_TIMEOUT", "-5", "CLIPIA_POLL_TIMEOUT"),
+        ("CLIPIA_HTTP_TIMEOUT", "soon", "CLIPIA_HTTP_TIMEOUT"),
+        ("CLIPIA_BASE_URL", "http://api.clipia.ai", "CLIPIA_BASE_URL"),
+        ("REDIS_URL", "localhost:6379", "REDIS_URL"),
+        ("CELERY_RESULT_BACKEND", "postgres://x", "CELERY_RESULT_BACKEND"),
+    ],
+)
+def test_malformed_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert expected in str(info.value)
+    assert "Traceback" not in str(info.value)
+
+
+def test_max_interval_below_interval_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIPIA_POLL_INTERVAL", "5")
+    monkeypatch.setenv("CLIPIA_POLL_MAX_INTERVAL", "2")
+    with pytest.raises(ConfigurationError, match="CLIPIA_POLL_MAX_INTERVAL"):
+        load_settings()
+
+
+def test_http_is_allowed_for_the_local_simulator_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIPIA_BASE_URL", "http://127.0.0.1:8787/")
+    assert load_settings().base_url == "http://127.0.0.1:8787"
+    monkeypatch.setenv("CLIPIA_BASE_URL", "http://localhost.evil.com")
+    with pytest.raises(ConfigurationError):
+        load_settings()
+
+
+def test_dotenv_file_is_read(tmp_path: pytest.TempPathFactory) -> None:
+    (tmp_path / ".env").write_text("REDIS_URL=redis://cache:6380/2\nCLIPIA_POLL_INTERVAL=2.5\n")  # type: ignore[operator]
+    settings = load_settings()
+    assert settings.redis_url == "redis://cache:6380/2" and settings.poll_interval_s == 2.5
+
+
+def test_broker_and_backend_can_be_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://a:6379/0")
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://b:6379/1")
+    config = celery_config(load_settings())
+    assert config["broker_url"] == "redis://b:6379/1"
+    assert config["result_backend"] == "redis://a:6379/0"
+
+
+def test_rediss_urls_verify_certificates_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ssl
+
+    monkeypatch.setenv("REDIS_URL", "rediss://:pw@managed.example.com:6380/0")
+    config = celery_config(load_settings())
+    assert config["broker_use_ssl"] == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    assert config["redis_backend_use_ssl"] == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    monkeypatch.setenv("REDIS_URL", "rediss://managed.example.com:6380/0?ssl_cert_reqs=none")
+    assert "broker_use_ssl" not in celery_config(load_settings())
+
+
+def test_celery_config_is_json_only_acks_late_with_events() -> None:
+    config = celery_config(Settings())
+    assert config["accept_content"] == ["json"] and config["task_serializer"] == "json"
+    assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
+    assert config["worker_send_task_events"] and config["task_send_sent_event"]
+    vt = config["broker_transport_options"]["visibility_timeout"]
+    assert vt >= 2 * Settings().poll_max_interval_s
+
+
+def test_every_setting_is_documented() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    for names in ENV_NAMES.values():
+        for name in names:
+            assert f"`{name}`" in doc, name
