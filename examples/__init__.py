@@ -1,0 +1,1 @@
+"""Minimal Django, Flask and FastAPI apps using clipia_tasks (see each folder's README)."""

@@ -1,0 +1,1 @@
+"""Django example: ``transaction.on_commit`` submit, progress view, signal receiver."""

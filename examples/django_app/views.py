@@ -1,0 +1,74 @@
+"""The web side: submit after the transaction commits, show progress, show completion."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+from django.core.cache import cache
+from django.db import transaction
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+import clipia_tasks
+
+#: "sim/image" is a model of the simulator; set CLIPIA_EXAMPLE_MODEL for the real API.
+MODEL = os.environ.get("CLIPIA_EXAMPLE_MODEL", "sim/image")
+
+
+def completion_key(request_id: str) -> str:
+    """Where the worker's signal receiver (receivers.py) leaves the outcome."""
+    return f"generation-done:{request_id}"
+
+
+def start_generation(prompt: str, sim: dict[str, Any] | None, caller_id: str) -> dict[str, str]:
+    """Submit to Clipia and start following the request (``poll_request.delay``)."""
+    generation_input: dict[str, Any] = {"prompt": prompt}
+    if sim is not None:
+        generation_input["sim"] = sim  # the simulator's script; never sent to the real API
+    # caller_id makes the submit idempotent: a retried call gets the same request back.
+    sub = clipia_tasks.submit(MODEL, generation_input, caller_id=caller_id)
+    return {"request_id": sub.request_id, "task_id": sub.result.id}
+
+
+@csrf_exempt  # a JSON API for the example: protect yours with your API auth or CSRF
+@require_POST
+def create_generation(request: HttpRequest) -> JsonResponse:
+    try:
+        body = json.loads(request.body or b"{}")
+        prompt = body["prompt"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        return JsonResponse({"error": 'expected JSON {"prompt": "...", "sim"?: {...}}'},
+                            status=400)
+    caller_id = str(body.get("client_ref") or uuid.uuid4())
+    started: dict[str, str] = {}
+    with transaction.atomic():
+        # Your own writes go here, e.g.
+        #     generation = Generation.objects.create(user=request.user, prompt=prompt)
+        # and the submit waits until they are committed: a worker or a signal receiver
+        # must never look for a row that is not there yet, and a rolled-back transaction
+        # must not leave a paid generation behind. (Outside an atomic block on_commit
+        # runs the function at once.)
+        transaction.on_commit(
+            lambda: started.update(start_generation(prompt, body.get("sim"), caller_id))
+        )
+    # The outermost atomic block has committed, so the callback has run. (With
+    # ATOMIC_REQUESTS = True it would run after this view returns: then store the
+    # request id on your row inside the callback and let the page poll the row.)
+    return JsonResponse(started, status=202)
+
+
+@require_GET
+def generation_status(request: HttpRequest, request_id: str) -> JsonResponse:
+    try:
+        state = clipia_tasks.get_state(request_id)  # one Redis read, no API call
+    except ValueError:  # not a UUID
+        state = None
+    if state is None:
+        return JsonResponse({"error": "unknown request id (or not polled yet)"}, status=404)
+    return JsonResponse({**state.as_dict(), "notified": cache.get(completion_key(request_id))})

@@ -1,0 +1,1 @@
+"""FastAPI example: submit with a Clipia webhook, progress endpoint, the webhook bridge."""

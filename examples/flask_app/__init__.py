@@ -1,0 +1,1 @@
+"""Flask example: submit, progress view, signed HTTP callback receiver."""
