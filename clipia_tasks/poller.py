@@ -211,10 +211,19 @@ class Poller:
             return self._schedule(state, task_id, retries, state.next_poll_at, {}, "waiting")
         if now >= deadline:
             return self._time_out(state, now)
+        paused = self.store.pause_until(self.client.key_fingerprint)
+        if paused > now:
+            # Another poller of this key was told to slow down: so are we.
+            return self._schedule(state, task_id, retries, paused, {}, "rate limited (shared)")
         token = lock_token(task_id, retries)
+        # Stamped as close to the call as possible: the gap between two calls is
+        # measured between these stamps, so nothing slow may sit between them.
+        call_at = self.clock()
+        # The gap is between /status calls; a result fetch only needs the lock.
+        fetch_only = state.status in TERMINAL_STATUSES
         verdict, info = self.store.begin_poll(
-            request_id, token, lock_s=self._lock_s, now=now,
-            min_gap_s=s.poll_interval_s,
+            request_id, token, lock_s=self._lock_s, now=call_at,
+            min_gap_s=0.0 if fetch_only else s.poll_interval_s,
         )
         if verdict == "early":
             # A copy of this message polled moments ago (then its worker died):
@@ -225,7 +234,7 @@ class Poller:
             wake = now + self.store.lock_ttl_s(request_id) + 0.1
             return self._schedule(state, task_id, retries, wake, {}, "another copy is polling")
         try:
-            return self._poll(state, task_id, retries, now, deadline)
+            return self._poll(state, task_id, retries, call_at, deadline)
         finally:
             self.store.unlock(request_id, token)
 
@@ -236,10 +245,6 @@ class Poller:
     ) -> Step:
         rid = state.request_id
         fields: dict[str, Any] = {}
-        paused = self.store.pause_until(self.client.key_fingerprint)
-        if paused > now:
-            # Another poller of this key was told to slow down: so are we.
-            return self._schedule(state, task_id, retries, paused, {}, "rate limited (shared)")
         if state.status in TERMINAL_STATUSES:
             # Seen terminal before, result not fetched yet (202 race or a crash).
             status = state.status
@@ -283,6 +288,13 @@ class Poller:
                 return self._schedule(
                     state, task_id, retries, min(now + delay, deadline + 0.01), fields, note
                 )
+            # Terminal: say so before fetching the result, so a copy of this message
+            # redelivered after a crash fetches the result instead of asking /status again.
+            if not self.store.note_seen_terminal(
+                rid, task_id, retries, fields,
+                lease_until=now + self._lease_s, due_at=now + self._run_s,
+            ):
+                return Stale(f"chain {task_id} lost ownership of {rid}")
         try:
             body = self.client.result(rid)
         except TransientError as exc:

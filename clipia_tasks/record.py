@@ -488,6 +488,29 @@ class RecordStore:
         )
         return bool(ok)
 
+    def note_seen_terminal(
+        self,
+        request_id: str,
+        task_id: str,
+        retries: int,
+        fields: Mapping[str, Any],
+        *,
+        lease_until: float,
+        due_at: float,
+    ) -> bool:
+        """Owner only: /status said terminal; the result is fetched next, by this message.
+
+        The message keeps its number (a redelivered copy of it is still the owner) and
+        the record asks for the result at once; the chain counts as overdue after
+        ``due_at``. False if the chain was replaced.
+        """
+        ok = self._schedule(
+            keys=[record_key(request_id), CHAINS_KEY],
+            args=[task_id, retries, repr(lease_until), self.ttl_s, repr(due_at), request_id,
+                  *_flat({**fields, "next_poll_at": ""})],
+        )
+        return bool(ok)
+
     def plan(self, request_id: str, task_id: str, wake_at: float) -> None:
         """Note when a chain's next message is due (followers, hand-offs, the sweep)."""
         self.redis.zadd(CHAINS_KEY, {f"{request_id} {task_id}": wake_at})

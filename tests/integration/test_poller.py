@@ -202,3 +202,30 @@ def test_a_deadline_reached_while_the_api_fails_says_so(store: RecordStore) -> N
     assert isinstance(step, Finish) and isinstance(step.error, PollTimeoutError)
     assert "Connection refused" in step.error.last_error
     assert "CLIPIA_BASE_URL" in str(step.error)
+
+
+def test_a_rerun_after_a_crash_in_the_result_fetch_skips_status_and_keeps_the_gap(
+    store: RecordStore,
+) -> None:
+    rid, clock = str(uuid.uuid4()), Clock()
+    done = {"status": "COMPLETED", "data": {"images": []}}
+
+    class Crash(BaseException):
+        """Stands in for SIGKILL: nothing after the raise runs."""
+
+    client = ScriptedClient(["IN_PROGRESS", "COMPLETED"], result=done)
+    poller = make(store, client, clock)
+    step = poller.step(rid, "t1", 0, clock.now)
+    assert isinstance(step, Again)
+    clock.now += step.countdown_s
+    real_result = client.result
+    client.result = lambda r: (_ for _ in ()).throw(Crash())  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        poller.step(rid, "t1", 1, clock.now)
+    assert client.status_calls == 2
+    # The redelivered copy of the same message: straight to the result, no /status.
+    client.result = real_result  # type: ignore[method-assign]
+    clock.now += 0.01
+    step = poller.step(rid, "t1", 1, clock.now)
+    assert isinstance(step, Finish) and step.result == done
+    assert client.status_calls == 2 and client.result_calls == 1
