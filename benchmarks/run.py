@@ -136,6 +136,7 @@ def main() -> int:
         cpu1 = {name: cpu_seconds(proc.pid) for name, (_, proc) in procs.items()}
         for name, rows in started.items():
             calls, lags, lag_pct, by_progress = [], [], [], {}
+            rows_out: list[dict[str, Any]] = []
             for rid, script, t0 in rows:
                 end_at = t0 + script["queue_s"] + script["run_s"]
                 log = sim.simulator.calls(request_id=rid)
@@ -153,6 +154,9 @@ def main() -> int:
                 group["calls"].append(n_calls)
                 group["lag"].append(lag)
                 group["lag_pct"].append(100 * lag / length)
+                rows_out.append({"progress": script["progress"], "final": script["final"],
+                                 "length_s": round(length, 2), "calls": n_calls,
+                                 "lag_s": round(lag, 3)})
             results[name] = {
                 "requests": len(calls), "unfinished": len(rows) - len(calls),
                 "calls_mean": statistics.fmean(calls), "calls_p50": pct(calls, 0.5),
@@ -165,6 +169,8 @@ def main() -> int:
                         "lag_p95_pct": pct(v["lag_pct"], 0.95), "requests": len(v["calls"])}
                     for k, v in sorted(by_progress.items())
                 },
+                # One row per request, for finding where the tail comes from.
+                "per_request": rows_out,
             }
     fixed_total = results["fixed 1 s (SDK)"]["calls_total"]
     mode = "quick" if args.quick else "full"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from clipia.webhooks import verify_signature
@@ -222,7 +224,6 @@ def test_the_django_flask_and_starlette_adapters(sim: Any) -> None:
     from django.test import RequestFactory
     from flask import Flask
     from starlette.applications import Starlette
-    from starlette.testclient import TestClient
 
     from clipia_tasks.contrib import django as dj_adapter
     from clipia_tasks.contrib import flask as fl_adapter
@@ -243,7 +244,12 @@ def test_the_django_flask_and_starlette_adapters(sim: Any) -> None:
         return int(flask_app.test_client().post("/hook", data=raw, headers=headers).status_code)
 
     def star_post(headers: dict[str, str], raw: bytes) -> int:
-        return int(TestClient(star_app).post("/hook", content=raw, headers=headers).status_code)
+        async def post() -> int:
+            transport = httpx.ASGITransport(app=star_app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+                return (await client.post("/hook", content=raw, headers=headers)).status_code
+
+        return asyncio.run(post())
 
     for post in (django_post, flask_post, star_post):
         rid = sim.create({"run_s": 0.1})

@@ -37,7 +37,7 @@ def signals_for(client: redis.Redis, rid: str) -> list[dict[str, Any]]:
 
 
 def assert_gaps(calls: list[Any]) -> None:
-    """No two status calls of one request closer than CLIPIA_POLL_INTERVAL (as the simulator saw)."""
+    """No two status calls of one request closer than CLIPIA_POLL_INTERVAL (simulator clock)."""
     gaps = [round(b.at - a.at, 4) for a, b in itertools.pairwise(calls)]
     assert all(g >= GAP - 0.01 for g in gaps), f"gaps between status calls: {gaps}"
 
