@@ -359,7 +359,8 @@ def _doctor_checks() -> list[Check]:
             api.close()
     try:
         app.conf.update(broker_url=settings.broker, result_backend=settings.backend)
-        replies = app.control.ping(timeout=1.0) or []
+        # A worker busy on two cores can take over a second to answer.
+        replies = app.control.ping(timeout=2.0) or []
         names = sorted(name for reply in replies for name in reply)
         checks.append(Check("workers", bool(names),
                             ", ".join(names) if names else "no worker answered a ping",

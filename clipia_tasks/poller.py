@@ -59,6 +59,9 @@ log = logging.getLogger("clipia_tasks.poller")
 FOLLOWER_SLACK_S = 0.25
 #: A 202 on the result after a terminal status is retried after at most this long.
 RESULT_RACE_DELAY_S = 0.5
+#: A status call that was sent but never answered (its worker died) may have reached
+#: the API up to this long after it was stamped; the next call keeps its gap from there.
+UNANSWERED_MARGIN_S = 1.0
 #: How far past its planned poll an owner may be before another caller replaces it.
 LEASE_GRACE_S = 30.0
 
@@ -216,19 +219,20 @@ class Poller:
             # Another poller of this key was told to slow down: so are we.
             return self._schedule(state, task_id, retries, paused, {}, "rate limited (shared)")
         token = lock_token(task_id, retries)
-        # Stamped as close to the call as possible: the gap between two calls is
-        # measured between these stamps, so nothing slow may sit between them.
+        # Stamped right before the call. The gap to the next call counts from when
+        # this one is answered; this stamp counts only if it never is (a crash).
         call_at = self.clock()
         # The gap is between /status calls; a result fetch only needs the lock.
         fetch_only = state.status in TERMINAL_STATUSES
         verdict, info = self.store.begin_poll(
             request_id, token, lock_s=self._lock_s, now=call_at,
             min_gap_s=0.0 if fetch_only else s.poll_interval_s,
+            unanswered_margin_s=min(s.http_timeout_s, UNANSWERED_MARGIN_S),
         )
         if verdict == "early":
             # A copy of this message polled moments ago (then its worker died):
             # keep the promised gap between two calls.
-            wake = float(info) + s.poll_interval_s + 0.01
+            wake = float(info) + 0.01
             return self._schedule(state, task_id, retries, wake, {}, "keeping the poll gap")
         if verdict == "locked":
             wake = now + self.store.lock_ttl_s(request_id) + 0.1
@@ -252,9 +256,11 @@ class Poller:
             try:
                 snap = self.client.status(rid)
             except TransientError as exc:
-                return self._after_error(state, task_id, retries, now, deadline, exc)
+                return self._after_error(state, task_id, retries, now, deadline, exc,
+                                         {"last_poll_at": repr(self.clock())})
             except ApiError as exc:
                 return self._fatal(state, task_id, exc)
+            answered_at = self.clock()
             status = snap.status
             first = state.first_enqueued_at or now
             history = [*state.history, Observation(round(now - first, 3), status,
@@ -264,7 +270,9 @@ class Poller:
                 "status": status,
                 "queue_position": snap.queue_position,
                 "progress": snap.progress,
-                "last_poll_at": repr(now),
+                # When the answer came: the next call keeps its gap from here, so
+                # the API never sees two calls closer than CLIPIA_POLL_INTERVAL.
+                "last_poll_at": repr(answered_at),
                 "polls": polls,
                 "errors": 0,
                 "history": encode_history(trim_history(history, HISTORY_LEN)),
@@ -285,8 +293,9 @@ class Poller:
                 log.debug("polled %s: %s, next poll in %.1f s", rid, note, delay,
                           extra={"request_id": rid, "task_id": task_id, "attempt": retries,
                                  "next_delay_s": round(delay, 3)})
+                wake = max(now + delay, answered_at + self.settings.poll_interval_s)
                 return self._schedule(
-                    state, task_id, retries, min(now + delay, deadline + 0.01), fields, note
+                    state, task_id, retries, min(wake, deadline + 0.01), fields, note
                 )
             # Terminal: say so before fetching the result, so a copy of this message
             # redelivered after a crash fetches the result instead of asking /status again.

@@ -160,13 +160,25 @@ redis.call('EXPIRE', k, tonumber(ARGV[2]))
 return 1
 """
 
-# KEYS: record, poll lock. ARGV: token, lock_ms, now, min_gap_s.
-# 'ok' (lock taken, call time stamped), 'early' <last call>, or 'locked' <holder>.
+# KEYS: record, poll lock. ARGV: token, lock_ms, now, min_gap_s, unanswered_margin_s.
+# 'ok' (lock taken, call time stamped), 'early' <earliest allowed>, or 'locked' <holder>.
+# The gap counts from when the last status call was answered (last_poll_at); a call
+# that was sent but never answered (its process died) counts from when it was sent
+# plus a margin for the time it may have taken to reach the API. min_gap_s 0 (a
+# result fetch) only takes the lock.
 _BEGIN_POLL = """
 local holder = redis.call('GET', KEYS[2])
 if holder then return {'locked', holder} end
-local prev = tonumber(redis.call('HGET', KEYS[1], 'call_started_at') or '0')
-if tonumber(ARGV[3]) - prev < tonumber(ARGV[4]) then return {'early', tostring(prev)} end
+if tonumber(ARGV[4]) <= 0 then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', tonumber(ARGV[2]))
+  return {'ok', ''}
+end
+local sent = tonumber(redis.call('HGET', KEYS[1], 'call_started_at') or '0')
+local answered = tonumber(redis.call('HGET', KEYS[1], 'last_poll_at') or '0')
+local from = answered
+if answered < sent then from = sent + tonumber(ARGV[5]) end
+local earliest = from + tonumber(ARGV[4])
+if tonumber(ARGV[3]) < earliest then return {'early', tostring(earliest)} end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', tonumber(ARGV[2]))
 redis.call('HSET', KEYS[1], 'call_started_at', ARGV[3])
 return {'ok', ''}
@@ -550,15 +562,23 @@ class RecordStore:
         )
 
     def begin_poll(
-        self, request_id: str, token: str, *, lock_s: float, now: float, min_gap_s: float
+        self,
+        request_id: str,
+        token: str,
+        *,
+        lock_s: float,
+        now: float,
+        min_gap_s: float,
+        unanswered_margin_s: float = 1.0,
     ) -> tuple[str, str]:
         """Take the poll lock and stamp the call time, unless a call is running or too recent.
 
-        Returns ``("ok", "")``, ``("early", <time of the last call>)`` or
+        Returns ``("ok", "")``, ``("early", <earliest allowed call time>)`` or
         ``("locked", <holder token>)``. A lock whose holder died on this host is
         taken over at once.
         """
-        args: list[str | int] = [token, int(lock_s * 1000), repr(now), repr(min_gap_s)]
+        args: list[str | int] = [token, int(lock_s * 1000), repr(now), repr(min_gap_s),
+                                 repr(unanswered_margin_s)]
         return self._run_taking_over(self._begin_poll, request_id, LOCK_PREFIX, args, "locked")
 
     def _run_taking_over(

@@ -6,6 +6,11 @@ shows no request polled by two chains at once — no two status calls for one
 request closer together than CLIPIA_POLL_INTERVAL, except the retry after an
 error. Redis runs with the production persistence settings (AOF, fsync every
 second); beat runs the sweep.
+
+One exception is allowed, because docs/delivery.md documents it: a kill (or the
+Redis restart) that lands between a receiver running and the record noting it
+repeats that signal once, with the same delivery id. The test excuses a repeat
+only when the process that fired first was killed within WINDOW_S of firing.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 QUEUE = "chaos"
 N = 200
 GAP = float(WORKER_ENV["CLIPIA_POLL_INTERVAL"])
+#: A kill this soon after a receiver ran in the killed process counts as landing in the
+#: documented window between the receiver and the record's ``delivered`` flag.
+WINDOW_S = 0.5
 
 
 def _script(rng: random.Random) -> dict[str, Any]:
@@ -69,6 +77,8 @@ def test_200_requests_through_worker_kills_and_a_redis_restart(
     for w in workers:
         w.start()
     beat = Beat(env, worker_logs).start()
+    killed: list[tuple[float, set[int]]] = []  # (when, pids killed)
+    redis_restarted_at = 0.0
     try:
         # Given 200 requests enqueued, 20 of them also from three other processes at once
         for rid in rids:
@@ -88,17 +98,22 @@ def test_200_requests_through_worker_kills_and_a_redis_restart(
         while time.monotonic() - started < 40:
             time.sleep(rng.uniform(1.5, 3.5))
             victim = rng.choice(workers)
+            assert victim.proc is not None
+            children = [int(p) for p in subprocess.run(
+                ["pgrep", "-P", str(victim.proc.pid)], capture_output=True, text=True,
+            ).stdout.split()]
             if rng.random() < 0.5:
+                killed.append((time.time(), {victim.proc.pid, *children}))
                 victim.kill()  # main process and pool children
                 victim.start()
-            else:
-                children = subprocess.run(["pgrep", "-P", str(victim.proc.pid)],  # type: ignore[union-attr]
-                                          capture_output=True, text=True).stdout.split()
-                if children:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(rng.choice(children)), signal.SIGKILL)
+            elif children:
+                child = rng.choice(children)
+                killed.append((time.time(), {child}))
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
             kills += 1
             if not restarted_redis and time.monotonic() - started > 15:
+                redis_restarted_at = time.time()
                 redis_server.restart()  # SIGTERM (AOF flushed), start again, same port
                 restarted_redis = 1
 
@@ -123,22 +138,38 @@ def test_200_requests_through_worker_kills_and_a_redis_restart(
 
     entries = [json.loads(e) for e in redis_client.lrange("clipia-test:signals", 0, -1)]
     fired = Counter((e["request_id"], e["signal"]) for e in entries if e["request_id"] in scripts)
-    wrong_outcome, not_once, too_close = [], [], []
+    first_firing = {}
+    for e in entries:
+        first_firing.setdefault(e["request_id"], e)
+
+    def in_the_window(rid: str) -> bool:
+        """The documented at-least-once window: the receiver ran, then its process was
+        killed (or Redis went down) before the record could say so."""
+        first = first_firing[rid]
+        return any(first["pid"] in pids and 0 <= at - first["at"] < WINDOW_S
+                   for at, pids in killed) or 0 <= redis_restarted_at - first["at"] < WINDOW_S
+
+    wrong_outcome, not_once, too_close, repeated = [], [], [], []
     for rid, script in scripts.items():
         state = get_state(rid)
         assert state is not None
         if state.outcome != script["final"]:
             wrong_outcome.append((rid, state.outcome, script["final"]))
         kind = "completed" if script["final"] == "COMPLETED" else "failed"
-        if fired[(rid, kind)] != 1 or fired[(rid, "failed" if kind == "completed" else
-                                              "completed")] != 0:
+        other = "failed" if kind == "completed" else "completed"
+        delivery_ids = {e["delivery_id"] for e in entries if e["request_id"] == rid}
+        if fired[(rid, kind)] == 2 and fired[(rid, other)] == 0 and delivery_ids == {rid} \
+                and in_the_window(rid):
+            repeated.append(rid)
+        elif fired[(rid, kind)] != 1 or fired[(rid, other)] != 0:
             not_once.append((rid, fired[(rid, "completed")], fired[(rid, "failed")]))
         calls = sim.calls(request_id=rid, endpoint="status")
         for a, b in itertools.pairwise(calls):
             if a.status_code == 200 and b.at - a.at < GAP - 0.01:
                 too_close.append((rid, round(b.at - a.at, 3)))
     print(f"\nchaos: {N} requests, {kills} kills, Redis restarted {restarted_redis}x, "
-          f"{len(sim.calls(endpoint='status'))} status calls")
+          f"{len(sim.calls(endpoint='status'))} status calls, "
+          f"{len(repeated)} signal(s) repeated in the at-least-once window")
     assert restarted_redis == 1 and kills >= 10
     assert wrong_outcome == []
     assert not_once == []

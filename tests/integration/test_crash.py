@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from clipia_tasks import poll_request
+from clipia_tasks import get_state, poll_request
 from tests.conftest import WORKER_ENV, Beat, Worker, wait_for
 
 pytestmark = pytest.mark.integration
@@ -122,8 +122,15 @@ def test_a_worker_killed_between_polls_resumes_through_the_sweep(
                     extra_env={"CLIPIA_QUEUE": QUEUE}).start()
     results = [poll_request.apply_async((rid,), queue=QUEUE) for rid in rids]
     try:
-        wait_for(lambda: all(sim.calls(request_id=r, endpoint="status") for r in rids),
-                 timeout_s=20)
+        # Every request polled once and its next poll planned (no step still running),
+        # so the kill lands between polls.
+        def between_polls() -> bool:
+            states = [get_state(r) for r in rids]
+            return all(s is not None and s.polls >= 1 and s.next_poll_at is not None
+                       and not redis_client.exists(f"clipia:lock:{s.request_id}")
+                       for s in states)
+
+        wait_for(between_polls, timeout_s=20, interval_s=0.02)
         worker.kill()  # main and children, while every request waits out a countdown
         killed_at = time.time()
         worker.start()

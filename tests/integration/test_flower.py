@@ -222,7 +222,9 @@ def test_workers_api_lists_the_worker(flower: FlowerRun) -> None:
         response = flower.get("/api/workers", refresh="1")
         if response.status_code != 200:
             return None
-        mine = {k: v for k, v in response.json().items() if k.startswith("flower@")}
+        # Flower fills a worker in from several inspect replies: wait for all we read.
+        mine = {k: v for k, v in response.json().items() if k.startswith("flower@")
+                and all(v.get(key) for key in ("registered", "active_queues", "stats"))}
         return mine or None
 
     workers = wait_for(listed, timeout_s=20, interval_s=0.5)

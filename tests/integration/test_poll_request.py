@@ -187,11 +187,14 @@ def test_a_202_on_the_result_after_a_terminal_status_is_retried_shortly(sim: Any
 def test_a_bad_request_id_is_rejected_at_the_call_site(
     celery_env: dict[str, str], redis_client: redis.Redis
 ) -> None:
-    before = redis_client.llen("celery")
+    # A queue no worker reads: anything published would still be there.
+    unread = "clipia-test-unread"
     for bad in ("not-a-uuid", "", None, 42, "764cabcf-b745-4b3e-ae38"):
         with pytest.raises(ValueError, match="not a Clipia request id"):
             poll_request.delay(bad)
-    assert redis_client.llen("celery") == before
+        with pytest.raises(ValueError, match="not a Clipia request id"):
+            poll_request.apply_async((bad,), queue=unread)
+    assert redis_client.llen(unread) == 0
 
 
 def test_a_second_delay_for_the_same_id_follows_without_extra_api_calls(sim: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
 from typing import Any
@@ -229,3 +230,45 @@ def test_a_rerun_after_a_crash_in_the_result_fetch_skips_status_and_keeps_the_ga
     step = poller.step(rid, "t1", 1, clock.now)
     assert isinstance(step, Finish) and step.result == done
     assert client.status_calls == 2 and client.result_calls == 1
+
+
+class SlowClient(ScriptedClient):
+    """Each status call takes ``rtt_s`` on the fake clock; ``crash`` makes the next one die."""
+
+    def __init__(self, clock: Clock, rtt_s: float, statuses: list[Any]) -> None:
+        super().__init__(statuses)
+        self.clock, self.rtt_s, self.crash, self.sent = clock, rtt_s, False, []
+
+    def status(self, rid: str) -> StatusSnapshot:
+        self.sent.append(self.clock.now)
+        self.clock.now += self.rtt_s
+        if self.crash:
+            raise KeyboardInterrupt  # stands in for SIGKILL mid-call: nothing after runs
+        return super().status(rid)
+
+
+def test_the_gap_counts_from_the_answer_and_from_an_unanswered_call_plus_a_margin(
+    store: RecordStore,
+) -> None:
+    rid, clock = str(uuid.uuid4()), Clock()
+    client = SlowClient(clock, 0.4, ["IN_PROGRESS"])
+    poller = make(store, client, clock)  # interval 1 s, HTTP timeout 10 s
+    step = poller.step(rid, "t1", 0, clock.now)
+    # A call answered 0.4 s after it was sent: the next comes 1 s after the answer.
+    assert isinstance(step, Again) and step.countdown_s == pytest.approx(1.0)
+    clock.now += step.countdown_s
+    client.crash = True
+    with pytest.raises(KeyboardInterrupt):
+        poller.step(rid, "t1", 1, clock.now)
+    crashed_at = client.sent[-1]
+    client.crash = False
+    # The redelivered copy: that call may have reached the API at any moment up to
+    # 1 s after it was sent (the margin), so it waits margin + interval from the send.
+    clock.now = crashed_at + 1.5
+    step = poller.step(rid, "t1", 1, clock.now)
+    assert isinstance(step, Again) and "keeping the poll gap" in step.note
+    assert clock.now + step.countdown_s == pytest.approx(crashed_at + 2.0 + 0.01)
+    clock.now += step.countdown_s
+    assert isinstance(poller.step(rid, "t1", 2, clock.now), Again)  # the re-sent message
+    assert len(client.sent) == 3
+    assert all(b - a >= 1.0 for a, b in itertools.pairwise(client.sent))
