@@ -492,11 +492,15 @@ class RecordStore:
         wake_at: float,
         fields: Mapping[str, Any],
     ) -> bool:
-        """Owner only: store what was seen and the planned next poll. False if replaced."""
+        """Owner only: store what was seen and the planned next poll. False if replaced.
+
+        ``wake_at`` is when the chain's next message is due; it is also the record's
+        ``next_poll_at`` unless ``fields`` says otherwise.
+        """
         ok = self._schedule(
             keys=[record_key(request_id), CHAINS_KEY],
             args=[task_id, gen_next, repr(lease_until), self.ttl_s, repr(wake_at), request_id,
-                  *_flat({**fields, "next_poll_at": repr(wake_at)})],
+                  *_flat({"next_poll_at": repr(wake_at), **fields})],
         )
         return bool(ok)
 
@@ -516,12 +520,8 @@ class RecordStore:
         the record asks for the result at once; the chain counts as overdue after
         ``due_at``. False if the chain was replaced.
         """
-        ok = self._schedule(
-            keys=[record_key(request_id), CHAINS_KEY],
-            args=[task_id, retries, repr(lease_until), self.ttl_s, repr(due_at), request_id,
-                  *_flat({**fields, "next_poll_at": ""})],
-        )
-        return bool(ok)
+        return self.schedule(request_id, task_id, gen_next=retries, lease_until=lease_until,
+                             wake_at=due_at, fields={**fields, "next_poll_at": ""})
 
     def plan(self, request_id: str, task_id: str, wake_at: float) -> None:
         """Note when a chain's next message is due (followers, hand-offs, the sweep)."""
@@ -569,7 +569,7 @@ class RecordStore:
         lock_s: float,
         now: float,
         min_gap_s: float,
-        unanswered_margin_s: float = 1.0,
+        unanswered_margin_s: float,
     ) -> tuple[str, str]:
         """Take the poll lock and stamp the call time, unless a call is running or too recent.
 
