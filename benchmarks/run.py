@@ -39,7 +39,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks._procs import children, clean_environment, start_backends, write_report  # noqa: E402
-from clipia_tasks.cli import _configure_process, _worker  # noqa: E402
+from clipia_tasks.processes import WorkerProcess, configure_process  # noqa: E402
 
 POLICIES = {
     "fixed 1 s (SDK)": {"CLIPIA_POLL_POLICY": "fixed", "CLIPIA_POLL_MAX_INTERVAL": "10"},
@@ -111,8 +111,9 @@ def main() -> int:
         for name, extra in POLICIES.items():
             queue = "bench-" + extra["CLIPIA_POLL_POLICY"]
             env = {**base_env, **extra, "CLIPIA_QUEUE": queue}
-            procs[name] = (queue, stack.enter_context(_worker(env, queue, str(logs / queue))))
-        _configure_process({k: v for k, v in base_env.items() if k != "CLIPIA_API_KEY"})
+            worker = WorkerProcess(env, logs / queue, queue=queue)
+            procs[name] = (queue, stack.enter_context(worker))
+        configure_process({k: v for k, v in base_env.items() if k != "CLIPIA_API_KEY"})
         from clipia_tasks import get_state, poll_request
 
         cpu0 = {name: cpu_seconds(proc.pid) for name, (_, proc) in procs.items()}

@@ -31,7 +31,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks._procs import children, clean_environment, proc_field, start_backends, write_report  # noqa: E402
-from clipia_tasks.cli import _configure_process, _worker  # noqa: E402
+from clipia_tasks.processes import WorkerProcess, configure_process  # noqa: E402
 
 
 def rss_mb(pid: int, pool: bool = True) -> float:
@@ -60,14 +60,14 @@ def main() -> int:
                 "CLIPIA_API_KEY": "clipia_live_benchmark_simulator_only",
                 "CLIPIA_POLL_TIMEOUT": "3600", "CLIPIA_HTTP_TIMEOUT": "10",
                 "PYTHONPATH": str(ROOT)}
-        _configure_process({k: v for k, v in base.items() if k != "CLIPIA_API_KEY"})
+        configure_process({k: v for k, v in base.items() if k != "CLIPIA_API_KEY"})
         from clipia_tasks import poll_request
         from clipia_tasks.celery_app import app
 
         # -- 1. throughput ---------------------------------------------------
         env = {**base, "CLIPIA_POLL_POLICY": "fixed", "CLIPIA_POLL_INTERVAL": "0.001",
                "CLIPIA_POLL_MAX_INTERVAL": "1", "CLIPIA_QUEUE": "tp"}
-        with _worker(env, "tp", str(logs / "tp.log")):
+        with WorkerProcess(env, logs / "tp.log", queue="tp"):
             rids = [sim.simulator.create({"run_s": 3600, "progress": "none"})
                     for _ in range(chains)]
             for rid in rids:
@@ -78,8 +78,8 @@ def main() -> int:
             polls_per_s = (len(sim.simulator.calls(endpoint="status")) - before) / window_s
         sim.simulator.reset()
         env_bare = {**env, "CLIPIA_QUEUE": "bare"}
-        with _worker(env_bare, "bare", str(logs / "bare.log"),
-                     includes="benchmarks.bare_tasks"):
+        with WorkerProcess(env_bare, logs / "bare.log", queue="bare",
+                           includes=["benchmarks.bare_tasks"]):
             for i in range(chains):
                 app.send_task("bench.bare_chain", args=[i], queue="bare")
             time.sleep(3)
@@ -95,7 +95,7 @@ def main() -> int:
         env = {**base, "CLIPIA_QUEUE": "many", "CLIPIA_POLL_INTERVAL": "1",
                "CLIPIA_POLL_MAX_INTERVAL": "30"}
         mem0 = int(r.info("memory")["used_memory"])
-        with _worker(env, "many", str(logs / "many.log")) as proc:
+        with WorkerProcess(env, logs / "many.log", queue="many") as proc:
             rss0 = rss_mb(proc.pid, pool=False)
             kids0 = rss_mb(proc.pid)
             rids = [sim.simulator.create({"run_s": 3600, "progress": "linear"})

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from .errors import ClipiaTasksError, error_from_dict
+from .nouns import Outcome
 from .record import RequestState
 
 __all__ = ["callback_body", "check_callback_url", "delivery_id", "sign"]
@@ -76,7 +77,7 @@ def _error_fields(error: ClipiaTasksError) -> dict[str, str]:
 def callback_body(state: RequestState, task_id: str) -> dict[str, Any] | None:
     """What to POST for this state, or None while nothing is known yet."""
     body: dict[str, Any] = {"request_id": state.request_id, "task_id": task_id}
-    if state.outcome == "COMPLETED" and state.result is not None:
+    if state.outcome == Outcome.COMPLETED and state.result is not None:
         result = state.result
         body["status"] = "OK"
         body["payload"] = {k: result.get(k) for k in ("model", "output", "cost")}

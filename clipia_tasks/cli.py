@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -27,7 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .errors import ClipiaTasksError, ConfigurationError
-from .redis_server import stop_process
+from .nouns import Outcome
 from .settings import redact_url
 
 __all__ = ["main"]
@@ -50,49 +49,6 @@ def _redis_answers(url: str) -> bool:
         return False
 
 
-@contextmanager
-def _worker(
-    env: dict[str, str], queue: str, log_path: str, includes: str = ""
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A real ``celery -A clipia_tasks worker`` subprocess, stopped on exit."""
-    extra = ["-I", includes] if includes else []
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "clipia_tasks", "worker", "-l", "INFO",
-             "-P", "prefork", "-c", "2", "-Q", queue, "-n", f"{queue}@%h",
-             "--without-gossip", "--without-mingle", "--without-heartbeat", *extra],
-            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with open(log_path, "rb") as f:
-                if b" ready." in f.read():
-                    break
-            if proc.poll() is not None:
-                with open(log_path, errors="replace") as f:
-                    raise RuntimeError(f"the worker exited at start:\n{f.read()[-2000:]}")
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("the worker did not start within 60 s")
-        yield proc
-    finally:
-        stop_process(proc, timeout_s=20)
-
-
-def _configure_process(env: dict[str, str]) -> None:
-    """Point this process's settings and the bundled app at ``env``."""
-    from . import _runtime
-    from .celery_app import app
-    from .settings import get_settings, reset_settings
-
-    os.environ.update(env)
-    reset_settings()
-    _runtime.reset()
-    settings = get_settings()
-    app.conf.update(broker_url=settings.broker, result_backend=settings.backend)
-
-
 # -- demo ----------------------------------------------------------------------
 
 
@@ -101,30 +57,33 @@ class DemoJob:
     label: str
     model: str
     script: dict[str, Any]
-    expect: str
+    expect: Outcome
 
 
 DEMO_JOBS = [
-    DemoJob("image, 2 s", "sim/image", {"queue_s": 0.5, "run_s": 2, "media": "image"}, "COMPLETED"),
+    DemoJob("image, 2 s", "sim/image", {"queue_s": 0.5, "run_s": 2, "media": "image"},
+            Outcome.COMPLETED),
     DemoJob("video, 7 s, progress", "sim/video",
-            {"queue_s": 1.5, "run_s": 7, "media": "video", "progress": "linear"}, "COMPLETED"),
+            {"queue_s": 1.5, "run_s": 7, "media": "video", "progress": "linear"},
+            Outcome.COMPLETED),
     DemoJob("audio, 4 s, no progress", "sim/audio",
-            {"run_s": 4, "media": "audio", "progress": "none"}, "COMPLETED"),
+            {"run_s": 4, "media": "audio", "progress": "none"}, Outcome.COMPLETED),
     DemoJob("image, rate limited", "sim/image",
             {"run_s": 3, "faults": [{"endpoint": "status", "http": 429, "retry_after": "1"},
                                     {"endpoint": "status", "http": 503, "count": 2,
-                                     "after_calls": 2}]}, "COMPLETED"),
+                                     "after_calls": 2}]}, Outcome.COMPLETED),
     DemoJob("video, fails", "sim/video",
             {"run_s": 3, "final": "FAILED", "error_code": "nsfw_detected",
-             "error_message": "Blocked by the safety filter"}, "FAILED"),
+             "error_message": "Blocked by the safety filter"}, Outcome.FAILED),
     # Canceled out of band after 2 s, as if from the Clipia web UI.
-    DemoJob("image, canceled", "sim/image", {"queue_s": 1, "run_s": 30}, "CANCELED"),
+    DemoJob("image, canceled", "sim/image", {"queue_s": 1, "run_s": 30}, Outcome.CANCELED),
 ]
 
 
 def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
     import clipia
 
+    from .processes import WorkerProcess, configure_process
     from .redis_server import RedisServer
     from .simulator import SimulatorServer
 
@@ -155,8 +114,8 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
             os.environ.pop(name, None)
         log_path = os.path.join(stack.enter_context(_tempdir()), "worker.log")
         console.print("Worker: starting celery -A clipia_tasks worker ...")
-        stack.enter_context(_worker(env, queue, log_path))
-        _configure_process({k: v for k, v in env.items() if k != "CLIPIA_API_KEY"})
+        stack.enter_context(WorkerProcess(env, log_path, queue=queue))
+        configure_process({k: v for k, v in env.items() if k != "CLIPIA_API_KEY"})
         from .state import get_state
         from .tasks import poll_request
 
@@ -170,7 +129,7 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
             sub = sdk.submit(job.model, {"prompt": job.label, "sim": job.script})
             started[sub.request_id] = (job, poll_request.delay(sub.request_id).id, time.time())
         sdk.close()
-        canceled = next(rid for rid, (j, _, _) in started.items() if j.expect == "CANCELED")
+        canceled = next(rid for rid, (j, _, _) in started.items() if j.expect is Outcome.CANCELED)
 
         outcomes: dict[str, str] = {}
         cancel_sent = False
@@ -235,7 +194,7 @@ def _tempdir() -> Iterator[str]:
 
 
 def _cmd_watch(args: argparse.Namespace, console: Console) -> int:
-    from .poller import check_request_id
+    from .nouns import check_request_id
     from .state import get_state
     from .tasks import poll_request
 
@@ -273,7 +232,7 @@ def _cmd_watch(args: argparse.Namespace, console: Console) -> int:
 
 def _cmd_status(args: argparse.Namespace, console: Console) -> int:
     from .client import ClipiaClient
-    from .poller import check_request_id
+    from .nouns import check_request_id
     from .settings import get_settings
 
     rid = check_request_id(args.request_id)

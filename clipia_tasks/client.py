@@ -75,7 +75,7 @@ def translate_error(exc: Exception, request_id: str) -> Exception:
     if isinstance(exc, clipia.ClipiaApiError):
         if exc.status in TRANSIENT_HTTP:
             reason = f"Clipia answered HTTP {exc.status} {exc.code or 'error'}".rstrip()
-            return RetryableApiError(request_id, reason, exc.retry_after)
+            return RetryableApiError(request_id, reason, exc.retry_after, exc.status)
         cls = _FINAL_BY_HTTP.get(exc.status, ApiError)
         return cls(request_id, exc.status, exc.code or "", exc.message or "")
     if isinstance(exc, httpx.TransportError):

@@ -110,7 +110,20 @@ class MalformedResponseError(TransientError):
 
 
 class RetryableApiError(TransientError):
-    """HTTP 429 or 5xx from the API."""
+    """HTTP 429 or 5xx from the API; ``http_status`` says which (0 when unknown)."""
+
+    def __init__(
+        self,
+        request_id: str,
+        reason: str,
+        retry_after_s: float | None = None,
+        http_status: int = 0,
+    ) -> None:
+        ClipiaTasksError.__init__(self, request_id, reason, retry_after_s, http_status)
+        self.request_id = request_id
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+        self.http_status = http_status
 
     @property
     def code(self) -> str:

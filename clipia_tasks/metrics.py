@@ -27,6 +27,8 @@ import os
 import tempfile
 from typing import Any
 
+from .nouns import Outcome
+
 __all__ = ["Metrics", "NullMetrics", "PrometheusMetrics", "serve_metrics"]
 
 log = logging.getLogger("clipia_tasks.metrics")
@@ -72,9 +74,9 @@ class PrometheusMetrics(NullMetrics):
         self._errors.labels(code=code or "unknown").inc()
 
     def outcome(self, outcome: str, duration_s: float | None) -> None:
-        if outcome == "COMPLETED":
+        if outcome == Outcome.COMPLETED:
             self._done.inc()
-        elif outcome == "TIMED_OUT":
+        elif outcome == Outcome.TIMED_OUT:
             self._timeouts.inc()
         else:
             self._failed.labels(status=outcome).inc()

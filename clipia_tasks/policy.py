@@ -11,6 +11,9 @@ behind the same interface.
 :func:`split_countdown` turns a delay into the countdown of one Celery message:
 a wait longer than is safe for one countdown (half the broker's visibility
 timeout) is split into hops that re-check the deadline and poll nothing.
+
+The status vocabulary (``Phase``, ``classify``, ``Observation``) lives in
+:mod:`clipia_tasks.nouns` and is re-exported here for older imports.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Protocol
+
+from .nouns import TERMINAL_STATUSES, Observation, Phase, Status, classify
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -35,40 +39,6 @@ __all__ = [
     "make_policy",
     "split_countdown",
 ]
-
-
-class Phase(StrEnum):
-    """What a status value means for a poller."""
-
-    #: IN_QUEUE or IN_PROGRESS: poll again.
-    PENDING = "pending"
-    #: COMPLETED, FAILED or CANCELED: fetch the result, stop polling.
-    TERMINAL = "terminal"
-    #: A value the API docs do not list: treated as pending, logged once.
-    UNKNOWN = "unknown"
-
-
-TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELED"})
-_PENDING_STATUSES = frozenset({"IN_QUEUE", "IN_PROGRESS"})
-
-
-def classify(status: str) -> Phase:
-    """Map an API status value to what the poller does next."""
-    if status in TERMINAL_STATUSES:
-        return Phase.TERMINAL
-    if status in _PENDING_STATUSES:
-        return Phase.PENDING
-    return Phase.UNKNOWN
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One status seen by a poller; ``at_s`` counts from the request's first enqueue."""
-
-    at_s: float
-    status: str
-    queue_position: int | None = None
-    progress: int | None = None
 
 
 @dataclass(frozen=True)
@@ -199,14 +169,14 @@ class AdaptivePolicy:
         if not history:
             return None
         last = history[-1]
-        if last.status == "IN_PROGRESS":
+        if last.status == Status.IN_PROGRESS:
             return self._progress_estimate(history)
-        if last.status == "IN_QUEUE":
+        if last.status == Status.IN_QUEUE:
             return self._queue_estimate(history)
         return None
 
     def _progress_estimate(self, history: tuple[Observation, ...]) -> Estimate | None:
-        run = [o for o in history if o.status == "IN_PROGRESS"]
+        run = [o for o in history if o.status == Status.IN_PROGRESS]
         last = run[-1]
         if last.progress is None:
             return None
@@ -242,7 +212,8 @@ class AdaptivePolicy:
         )
 
     def _queue_estimate(self, history: tuple[Observation, ...]) -> Estimate | None:
-        queued = [o for o in history if o.status == "IN_QUEUE" and o.queue_position is not None]
+        queued = [o for o in history
+                  if o.status == Status.IN_QUEUE and o.queue_position is not None]
         if len(queued) < 2:
             return None
         first, last = queued[0], queued[-1]
@@ -260,7 +231,7 @@ class AdaptivePolicy:
             cap = max(self.interval_s, self.age_fraction * ctx.elapsed_s)
             base = min(self.interval_s * 1.5 ** max(ctx.polls - 1, 0), cap)
             return self._clamp(base * (1 + self.jitter_ratio * self.rng()))
-        if ctx.history[-1].status == "IN_QUEUE":
+        if ctx.history[-1].status == Status.IN_QUEUE:
             return self._clamp(est.mid_s)
         near = est.mid_s * (1 - self.approach) <= self.interval_s
         if est.precise and (est.baseline_s >= est.mid_s or near):

@@ -12,12 +12,13 @@ worker.
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import _runtime
 from .client import ClipiaClient
 from .errors import (
     ApiError,
@@ -30,18 +31,21 @@ from .errors import (
     error_from_dict,
     error_to_dict,
 )
-from .metrics import NullMetrics
-from .policy import (
+from .metrics import NullMetrics, PrometheusMetrics
+from .nouns import (
     TERMINAL_STATUSES,
-    DelayPolicy,
     Observation,
+    Outcome,
     Phase,
-    PollContext,
+    check_request_id,
     classify,
-    split_countdown,
 )
+from .policy import DelayPolicy, PollContext, make_policy, split_countdown
 from .record import (
     HISTORY_LEN,
+    DeliveryTurn,
+    Field,
+    Gate,
     RecordStore,
     RequestState,
     Role,
@@ -49,9 +53,9 @@ from .record import (
     lock_token,
     trim_history,
 )
-from .settings import Settings
+from .settings import Settings, get_settings
 
-__all__ = ["Again", "Finish", "Poller", "Stale", "check_request_id"]
+__all__ = ["Again", "Finish", "Poller", "Stale", "check_request_id", "get_poller"]
 
 log = logging.getLogger("clipia_tasks.poller")
 
@@ -64,21 +68,6 @@ RESULT_RACE_DELAY_S = 0.5
 UNANSWERED_MARGIN_S = 1.0
 #: How far past its planned poll an owner may be before another caller replaces it.
 LEASE_GRACE_S = 30.0
-
-
-def check_request_id(request_id: object) -> str:
-    """The canonical (lower-case) form of a request id, or ValueError."""
-    if isinstance(request_id, str):
-        try:
-            parsed = uuid.UUID(request_id.strip())
-        except ValueError:
-            parsed = None
-        if parsed is not None and len(request_id.strip()) == 36:
-            return str(parsed)
-    raise ValueError(
-        f"poll_request: {request_id!r} is not a Clipia request id; pass the UUID that "
-        "submit returned, e.g. '764cabcf-b745-4b3e-ae38-1200304cf45b'"
-    )
 
 
 @dataclass(frozen=True)
@@ -105,14 +94,13 @@ class Stale:
 
 
 Step = Finish | Again | Stale
-#: Fires the completion signals for a recorded outcome: "go" (fired now), "skip"
-#: (already fired), or "busy" (another process is firing them right now).
-Deliver = Callable[[RequestState], str]
+#: Fires the completion signals for a recorded outcome (:func:`clipia_tasks.delivery.fire_signals`).
+Deliver = Callable[[RequestState], DeliveryTurn]
 
 
 def outcome_of(state: RequestState) -> Finish:
     """What a recorded outcome means for a caller."""
-    if state.outcome == "COMPLETED":
+    if state.outcome == Outcome.COMPLETED:
         return Finish(result=state.result)
     if state.error:
         return Finish(error=error_from_dict(state.error))
@@ -224,17 +212,17 @@ class Poller:
         call_at = self.clock()
         # The gap is between /status calls; a result fetch only needs the lock.
         fetch_only = state.status in TERMINAL_STATUSES
-        verdict, info = self.store.begin_poll(
+        gate = self.store.begin_poll(
             request_id, token, lock_s=self._lock_s, now=call_at,
             min_gap_s=0.0 if fetch_only else s.poll_interval_s,
             unanswered_margin_s=min(s.http_timeout_s, UNANSWERED_MARGIN_S),
         )
-        if verdict == "early":
+        if gate.gate is Gate.EARLY:
             # A copy of this message polled moments ago (then its worker died):
             # keep the promised gap between two calls.
-            wake = float(info) + 0.01
+            wake = gate.earliest_at + 0.01
             return self._schedule(state, task_id, retries, wake, {}, "keeping the poll gap")
-        if verdict == "locked":
+        if gate.gate is Gate.LOCKED:
             wake = now + self.store.lock_ttl_s(request_id) + 0.1
             return self._schedule(state, task_id, retries, wake, {}, "another copy is polling")
         try:
@@ -257,7 +245,7 @@ class Poller:
                 snap = self.client.status(rid)
             except TransientError as exc:
                 return self._after_error(state, task_id, retries, now, deadline, exc,
-                                         {"last_poll_at": repr(self.clock())})
+                                         {Field.LAST_POLL_AT: repr(self.clock())})
             except ApiError as exc:
                 return self._fatal(state, task_id, exc)
             answered_at = self.clock()
@@ -267,15 +255,15 @@ class Poller:
                                                    snap.queue_position, snap.progress)]
             polls = state.polls + 1
             fields = {
-                "status": status,
-                "queue_position": snap.queue_position,
-                "progress": snap.progress,
+                Field.STATUS: status,
+                Field.QUEUE_POSITION: snap.queue_position,
+                Field.PROGRESS: snap.progress,
                 # When the answer came: the next call keeps its gap from here, so
                 # the API never sees two calls closer than CLIPIA_POLL_INTERVAL.
-                "last_poll_at": repr(answered_at),
-                "polls": polls,
-                "errors": 0,
-                "history": encode_history(trim_history(history, HISTORY_LEN)),
+                Field.LAST_POLL_AT: repr(answered_at),
+                Field.POLLS: polls,
+                Field.ERRORS: 0,
+                Field.HISTORY: encode_history(trim_history(history, HISTORY_LEN)),
             }
             phase = classify(status)
             self.metrics.poll()
@@ -285,7 +273,7 @@ class Poller:
                     "treating it as not finished", rid, status,
                     extra={"request_id": rid, "task_id": task_id},
                 )
-                fields["unknown_logged"] = 1
+                fields[Field.UNKNOWN_LOGGED] = 1
             if phase is not Phase.TERMINAL:
                 ctx = PollContext(elapsed_s=now - first, polls=polls, history=tuple(history))
                 delay = self.policy.next_delay(ctx)
@@ -307,12 +295,12 @@ class Poller:
         try:
             body = self.client.result(rid)
         except TransientError as exc:
-            fields["status"] = status
+            fields[Field.STATUS] = status
             return self._after_error(state, task_id, retries, now, deadline, exc, fields)
         except ApiError as exc:
             return self._fatal(state, task_id, exc)
         if body is None:
-            fields["status"] = status
+            fields[Field.STATUS] = status
             wake = now + min(self.settings.poll_interval_s, RESULT_RACE_DELAY_S)
             note = f"{status}, result not ready"
             return self._schedule(state, task_id, retries, wake, fields, note)
@@ -324,19 +312,19 @@ class Poller:
         rid = state.request_id
         outcome = str(body.get("status"))
         error: ClipiaTasksError | None = None
-        if outcome != "COMPLETED":
+        if outcome != Outcome.COMPLETED:
             raw_error = body.get("error")
             err: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
-            cls = RequestCanceledError if outcome == "CANCELED" else RequestFailedError
+            cls = RequestCanceledError if outcome == Outcome.CANCELED else RequestFailedError
             error = cls(rid, outcome, str(err.get("code") or ""), str(err.get("message") or ""))
-        fields.update(
-            outcome=outcome,
-            status=outcome,
-            result=body,
-            error=error_to_dict(error) if error else None,
-            finished_at=repr(now),
-            next_poll_at="",
-        )
+        fields.update({
+            Field.OUTCOME: outcome,
+            Field.STATUS: outcome,
+            Field.RESULT: body,
+            Field.ERROR: error_to_dict(error) if error else None,
+            Field.FINISHED_AT: repr(now),
+            Field.NEXT_POLL_AT: "",
+        })
         if self.store.finish(rid, fields):
             self._count_outcome(state, outcome, now)
             log.info("request %s ended %s", rid, outcome,
@@ -354,7 +342,7 @@ class Poller:
 
     def _conclude(self, state: RequestState) -> Step:
         """Make sure the signals fired, then answer with the recorded outcome."""
-        if self.deliver(state) == "busy":
+        if self.deliver(state) is DeliveryTurn.BUSY:
             wait = max(self.store.delivery_lock_ttl_s(state.request_id), 0.5)
             return Again(wait, f"{state.outcome}; another worker is delivering the outcome")
         return outcome_of(state)
@@ -367,14 +355,14 @@ class Poller:
         won = self.store.finish(
             rid,
             {
-                "outcome": "TIMED_OUT",
-                "error": error_to_dict(error),
-                "finished_at": repr(now),
-                "next_poll_at": "",
+                Field.OUTCOME: Outcome.TIMED_OUT,
+                Field.ERROR: error_to_dict(error),
+                Field.FINISHED_AT: repr(now),
+                Field.NEXT_POLL_AT: "",
             },
         )
         if won:
-            self._count_outcome(state, "TIMED_OUT", now)
+            self._count_outcome(state, Outcome.TIMED_OUT, now)
         log.info("request %s timed out after %.1f s", rid, waited,
                  extra={"request_id": rid, "task_id": state.owner})
         return self._conclude_fresh(rid)
@@ -391,7 +379,7 @@ class Poller:
     ) -> Step:
         errors = state.errors + 1
         self.metrics.api_error(str(getattr(exc, "code", "error")))
-        if isinstance(exc, RetryableApiError) and exc.retry_after_s and "429" in exc.reason:
+        if isinstance(exc, RetryableApiError) and exc.retry_after_s and exc.http_status == 429:
             # Rate limits are per key: hold every poller of this key off, not just this one.
             self.store.pause(self.client.key_fingerprint, self.clock() + exc.retry_after_s,
                              self.clock())
@@ -402,7 +390,7 @@ class Poller:
                    "next_delay_s": round(delay, 3)},
         )
         # Short: a value over 64 bytes would cost the record its compact encoding.
-        fields = {**(fields or {}), "errors": errors, "last_error": exc.reason[:60]}
+        fields = {**(fields or {}), Field.ERRORS: errors, Field.LAST_ERROR: exc.reason[:60]}
         # Retry-After counts from when the answer arrived, not from when we asked.
         wake = min(self.clock() + delay, deadline + 0.01)
         return self._schedule(state, task_id, retries, wake, fields, f"{exc.reason}, retrying")
@@ -410,7 +398,7 @@ class Poller:
     def _fatal(self, state: RequestState, task_id: str, exc: ApiError) -> Step:
         self.metrics.api_error(exc.code)
         log.error("%s", exc, extra={"request_id": state.request_id, "task_id": task_id})
-        self.store.release(state.request_id, task_id, {"fatal": error_to_dict(exc)})
+        self.store.release(state.request_id, task_id, {Field.FATAL: error_to_dict(exc)})
         return Finish(error=exc)
 
     def _schedule(
@@ -437,3 +425,29 @@ class Poller:
             return Stale(f"chain {task_id} lost ownership of {state.request_id}")
         suffix = f"; hop {countdown:.0f} s of a longer wait" if hop else ""
         return Again(countdown, f"{note}, next poll in {wake_at - now:.1f} s{suffix}")
+
+
+def _metrics() -> NullMetrics:
+    # Only when the worker serves metrics (celeryd_init set PROMETHEUS_MULTIPROC_DIR).
+    if get_settings().metrics_port and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return PrometheusMetrics()
+    return NullMetrics()
+
+
+def _build_poller() -> Poller:
+    from .delivery import fire_signals
+
+    settings = get_settings()
+    return Poller(
+        settings,
+        _runtime.get_store(),
+        lambda: ClipiaClient.from_settings(get_settings()),
+        make_policy(settings.poll_policy, settings.poll_interval_s, settings.poll_max_interval_s),
+        fire_signals,
+        metrics=_metrics(),
+    )
+
+
+def get_poller() -> Poller:
+    """This process's poller (built on first use, again after a fork or ``_runtime.reset``)."""
+    return _runtime.cached("poller", _build_poller)

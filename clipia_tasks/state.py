@@ -6,7 +6,7 @@ import redis
 
 from . import _runtime
 from .errors import RedisUnavailableError
-from .poller import check_request_id
+from .nouns import check_request_id
 from .record import RequestState
 from .settings import get_settings, redact_url
 

@@ -10,23 +10,22 @@ beat) re-sends chains whose messages were lost.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
 
-import httpx
 import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore, Retry
 from kombu.exceptions import OperationalError
 
 from . import _runtime
-from .callbacks import backoff_s, callback_body, check_callback_url, delivery_id, post
+from .callbacks import check_callback_url, delivery_id
 from .celery_app import CALLBACK_TASK_NAME, POLL_TASK_NAME, SWEEP_TASK_NAME, app
+from .delivery import CallbackDone, attempt_callback, chain_answered
 from .errors import PollPending, RedisUnavailableError
-from .poller import Again, Finish, check_request_id
-from .record import RequestState
+from .nouns import check_request_id
+from .poller import Again, Finish, get_poller
 from .settings import get_settings, redact_url
 
 __all__ = ["PollRequestTask", "deliver_callback", "install", "poll_request", "sweep"]
@@ -37,19 +36,28 @@ _POLL_KWARGS = {"request_id", "enqueued_at", "callback_url"}
 
 
 class _NoRetryStateBackend:
-    """The app's result backend, minus the RETRY state ``Task.retry`` writes on every poll.
+    """A task's result backend, minus the RETRY state ``Task.retry`` writes on every poll.
 
     That write (a JSON blob with a formatted traceback, per poll, kept while the
     request is in flight) is read by nobody: progress lives in the request
     record, and Flower reads events, not the backend. Everything else — SUCCESS,
-    FAILURE, ``AsyncResult.get()`` — goes to the real backend.
+    FAILURE, ``AsyncResult.get()`` — goes to the real backend, looked up on each
+    use (the app's backend may be per thread), so one proxy serves the task for
+    the life of the process. ``tests/integration/test_poll_request.py`` pins that
+    no RETRY meta is stored between polls.
     """
 
-    def __init__(self, app: Celery) -> None:
-        self._app = app
+    def __init__(self, task: Task) -> None:
+        self._task = task
+
+    def _real(self) -> Any:
+        return self._task._explicit_backend or self._task.app.backend
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._app.backend, name)
+        return getattr(self._real(), name)
+
+    def __repr__(self) -> str:
+        return f"<no-RETRY proxy for {self._real()!r}>"
 
     def mark_as_retry(self, *args: Any, **kwargs: Any) -> None:
         return None
@@ -58,13 +66,21 @@ class _NoRetryStateBackend:
 class PollRequestTask(Task):  # type: ignore[misc]
     """Checks arguments at the call site, so a bad id never reaches the broker."""
 
+    #: A backend given explicitly (``task.backend = ...``); the app's when ``None``.
+    _explicit_backend: Any = None
+    _proxy: _NoRetryStateBackend | None = None
+
     @property
     def backend(self) -> Any:
-        return _NoRetryStateBackend(self.app)
+        """The result backend without RETRY writes, built once per task instance."""
+        if self._proxy is None:
+            self._proxy = _NoRetryStateBackend(self)
+        return self._proxy
 
     @backend.setter
-    def backend(self, value: Any) -> None:  # Celery assigns it when binding; keep ours
-        pass
+    def backend(self, value: Any) -> None:
+        # Whatever is assigned is wrapped, not replaced: RETRY writes stay off.
+        self._explicit_backend = value
 
     def apply_async(
         self,
@@ -110,7 +126,6 @@ class PollRequestTask(Task):  # type: ignore[misc]
     ) -> None:
         # Called for SUCCESS and FAILURE only, after the result is stored.
         request_id = (args or [kwargs.get("request_id")])[0]
-        store = _runtime.get_store()
         url = (kwargs or {}).get("callback_url")
         if url:
             self.app.send_task(
@@ -119,7 +134,7 @@ class PollRequestTask(Task):  # type: ignore[misc]
                 kwargs={"first_attempt_at": time.time()},
                 task_id=delivery_id(request_id, task_id),
             )
-        store.chain_done(request_id, task_id)
+        chain_answered(request_id, task_id)
 
 
 def _unreachable_redis(celery_app: Celery) -> str | None:
@@ -141,15 +156,13 @@ def _unreachable_redis(celery_app: Celery) -> str | None:
 def _remember_chain(request_id: str, task: Task, callback_url: str | None) -> None:
     """What the sweep needs to re-send this chain faithfully: its callback and links."""
     req = task.request
-    fields: dict[str, Any] = {}
-    if callback_url:
-        fields[f"cbu:{req.id}"] = callback_url
-    if req.callbacks or req.errbacks:
-        fields[f"lnk:{req.id}"] = json.dumps(
-            {"link": req.callbacks or None, "link_error": req.errbacks or None}
-        )
-    if fields and (req.retries or 0) == 0:
-        _runtime.get_store().mark_fields(request_id, fields)
+    if (req.retries or 0) > 0 or not (callback_url or req.callbacks or req.errbacks):
+        return
+    links = {"link": req.callbacks or None, "link_error": req.errbacks or None}
+    _runtime.get_store().remember_chain(
+        request_id, req.id, callback_url=callback_url,
+        links=links if (req.callbacks or req.errbacks) else None,
+    )
 
 
 def _poll_request(
@@ -162,7 +175,7 @@ def _poll_request(
     request_id = check_request_id(request_id)
     try:
         _remember_chain(request_id, self, callback_url)
-        step = _runtime.get_poller().step(
+        step = get_poller().step(
             request_id, self.request.id, self.request.retries or 0, enqueued_at
         )
     except redis.RedisError as exc:
@@ -192,44 +205,15 @@ def _deliver_callback(
     self: Task, request_id: str, task_id: str, url: str, first_attempt_at: float | None = None
 ) -> Any:
     """POST the outcome of ``request_id`` as seen by chain ``task_id`` to ``url``."""
-    settings = get_settings()
-    store = _runtime.get_store()
-    done_field = f"cb:{task_id}"
-    raw = store.fields(request_id)
-    if raw.get(done_field) == "done":
-        return {"delivered": False, "reason": "already delivered"}
-    body = callback_body(RequestState.from_hash(request_id, raw), task_id) if raw else None
-    if body is None:
-        log.error("callback for request %s: no outcome recorded; nothing to send", request_id)
-        return {"delivered": False, "reason": "no outcome"}
     first = first_attempt_at or time.time()
-    did = delivery_id(request_id, task_id)
-    retry_after: float | None = None
-    try:
-        response = post(url, body, secret=settings.require_callback_secret(), delivery=did,
-                        timeout_s=settings.http_timeout_s)
-        code = response.status_code
-        if 200 <= code < 300:
-            store.mark_fields(request_id, {done_field: "done"})
-            log.info("callback for request %s delivered (HTTP %d)", request_id, code)
-            return {"delivered": True, "status_code": code, "delivery_id": did}
-        if code not in (408, 425, 429) and code < 500:
-            log.error("callback for request %s rejected with HTTP %d by %s; not retrying",
-                      request_id, code, url)
-            return {"delivered": False, "status_code": code}
-        reason = f"HTTP {code}"
-        header = response.headers.get("retry-after", "")
-        retry_after = float(header) if header.replace(".", "", 1).isdigit() else None
-    except httpx.TransportError as exc:
-        reason = type(exc).__name__
-    if time.time() - first > settings.callback_give_up_after_s:
-        log.error("callback for request %s to %s given up after %.0f s (last: %s)",
-                  request_id, url, time.time() - first, reason)
-        return {"delivered": False, "reason": f"gave up ({reason})"}
-    countdown = backoff_s(self.request.retries or 0, retry_after)
+    attempt = attempt_callback(request_id, task_id, url, attempt=self.request.retries or 0,
+                               first_attempt_at=first)
+    if isinstance(attempt, CallbackDone):
+        return attempt.answer
+    countdown = attempt.countdown_s
     raise self.retry(
         countdown=countdown, max_retries=None, kwargs={"first_attempt_at": first},
-        exc=PollPending(f"callback failed ({reason}), retrying in {countdown:.0f} s"),
+        exc=PollPending(f"callback failed ({attempt.reason}), retrying in {countdown:.0f} s"),
     )
 
 
@@ -240,22 +224,17 @@ def _sweep(self: Task) -> dict[str, int]:
     now = time.time()
     resent = forgotten = 0
     for rid, task_id, _due in store.overdue_chains(now - settings.sweep_stale_after_s):
-        raw = store.fields(rid)
-        if not raw:
-            store.chain_done(rid, task_id)  # the record expired: nothing to resume
+        chain = store.chain_to_resume(rid, task_id)
+        if chain is None:
+            store.forget_chain(rid, task_id)  # the record expired: nothing to resume
             forgotten += 1
             continue
-        if raw.get("owner") == task_id:
-            retries = int(raw.get("gen") or 0)
-        else:
-            retries = int(raw.get(f"w:{task_id}") or 0)
-        kwargs: dict[str, Any] = {"enqueued_at": float(raw.get("first_enqueued_at") or now)}
-        if raw.get(f"cbu:{task_id}"):
-            kwargs["callback_url"] = raw[f"cbu:{task_id}"]
-        links = json.loads(raw.get(f"lnk:{task_id}") or "{}")
+        kwargs: dict[str, Any] = {"enqueued_at": chain.first_enqueued_at or now}
+        if chain.callback_url:
+            kwargs["callback_url"] = chain.callback_url
         self.app.send_task(
-            POLL_TASK_NAME, args=[rid], kwargs=kwargs, task_id=task_id, retries=retries,
-            link=links.get("link"), link_error=links.get("link_error"),
+            POLL_TASK_NAME, args=[rid], kwargs=kwargs, task_id=task_id, retries=chain.retries,
+            link=chain.links.get("link"), link_error=chain.links.get("link_error"),
         )
         store.plan(rid, task_id, now + settings.sweep_stale_after_s)
         resent += 1

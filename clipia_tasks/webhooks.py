@@ -29,14 +29,16 @@ from typing import Any
 from clipia.webhooks import DEFAULT_TOLERANCE_SECONDS, verify_signature
 
 from . import _runtime
-from .poller import check_request_id
+from .celery_app import POLL_TASK_NAME, app
+from .nouns import Status, check_request_id
+from .record import WebhookNote
 from .settings import get_settings
 
 __all__ = ["handle_webhook"]
 
 log = logging.getLogger("clipia_tasks.webhooks")
 
-_STATUS_FOR = {"OK": "COMPLETED", "ERROR": "FAILED"}
+_STATUS_FOR = {"OK": Status.COMPLETED, "ERROR": Status.FAILED}
 
 
 def handle_webhook(
@@ -67,13 +69,14 @@ def handle_webhook(
     now = time.time() if now is None else now
     verdict = store.note_terminal(request_id, status, webhook_id=webhook_id,
                                   timeout_s=settings.poll_timeout_s, now=now)
-    if verdict == "new":
-        from .tasks import poll_request
-
+    if verdict is WebhookNote.NEW:
         task_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"clipia-webhook:{request_id}"))
         # Known to the sweep before it is sent, so a lost message is re-sent.
         store.plan(request_id, task_id, now)
-        poll_request.apply_async((request_id,), task_id=task_id, queue=settings.queue)
+        # By name, as any web process can: the id is validated above, and the
+        # deadline counts from now (what poll_request.delay would pass).
+        app.send_task(POLL_TASK_NAME, args=[request_id], kwargs={"enqueued_at": now},
+                      task_id=task_id, queue=settings.queue)
     log.info("webhook for request %s (%s): %s", request_id, data.get("status"), verdict,
              extra={"request_id": request_id})
     return 200, {"ok": True, "request_id": request_id, "recorded": verdict}

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +18,8 @@ from typing import Any
 
 import pytest
 import redis
+
+from clipia_tasks.processes import BeatProcess, WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The key the test workers use. Tests assert it never shows up anywhere.
@@ -91,89 +90,37 @@ def celery_env(redis_server: Any, simulator: Any) -> dict[str, str]:
     return env
 
 
-class Worker:
-    """``celery -A clipia_tasks worker`` as a subprocess, logs to a file."""
+class Worker(WorkerProcess):
+    """The test suite's worker: DEBUG logs per name in ``log_dir``, the signal recorder loaded."""
 
     def __init__(self, env: dict[str, str], log_dir: Path, *, queue: str = "celery",
                  name: str = "w1", concurrency: int = 2, extra_env: dict[str, str] | None = None,
                  includes: tuple[str, ...] = ("tests.integration.signal_recorder",)):
-        self.env = {**os.environ, **env, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
+        super().__init__({**env, **(extra_env or {})}, log_dir / f"worker-{name}.log",
+                         queue=queue, name=name, concurrency=concurrency, loglevel="DEBUG",
+                         includes=includes, cwd=ROOT)
         self.env.pop("CLIPIA_KEY", None)
-        self.queue, self.name, self.concurrency = queue, name, concurrency
-        self.includes = includes
-        #: Extra worker arguments, e.g. ["-P", "threads"] (default: prefork).
-        self.start_args: list[str] = []
-        self.log_path = log_dir / f"worker-{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def start_args(self) -> list[str]:
+        """Extra worker arguments, e.g. ["-P", "threads"] (default: prefork)."""
+        return self.extra_args
+
+    @start_args.setter
+    def start_args(self, value: list[str]) -> None:
+        self.extra_args = list(value)
 
     def start(self, timeout_s: float = 30.0) -> Worker:
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "clipia_tasks", "worker",
-             "-l", "DEBUG", "-P", "prefork", "-c", str(self.concurrency), "-Q", self.queue,
-             *self.start_args,
-             "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "-I", ",".join(self.includes)],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: kill() reaches orphans too
-        )
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            text = self.log_path.read_bytes()[offset:].decode(errors="replace")
-            if " ready." in text:
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited at start:\n{text[-3000:]}")
-            time.sleep(0.1)
-        raise RuntimeError(f"worker not ready in {timeout_s} s:\n{self.log()[-3000:]}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.proc = None
-
-    def kill(self) -> None:
-        """SIGKILL the main process and its pool children (orphaned ones included)."""
-        if self.proc:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
-        self.proc = None
+        super().start(timeout_s)
+        return self
 
 
-class Beat:
+class Beat(BeatProcess):
     """``celery -A clipia_tasks beat`` as a subprocess (runs the sweep)."""
 
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-        self.log_path = log_dir / "beat.log"
-        self.schedule = log_dir / "beat-schedule"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Beat:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "clipia_tasks", "beat", "-l", "INFO",
-             "-s", str(self.schedule)],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
+        super().__init__(env, log_dir / "beat.log", schedule_path=log_dir / "beat-schedule",
+                         cwd=ROOT)
 
 
 @pytest.fixture(scope="session")

@@ -99,6 +99,26 @@ def test_failed_and_canceled_requests_fail_the_task_with_the_api_error(
     assert links == [{"tag": tag, "error": cls.__name__, "code": code}]
 
 
+def test_no_retry_state_is_stored_between_polls(sim: Any, redis_client: redis.Redis) -> None:
+    # Given a request that needs several polls
+    rid = sim.create({"run_s": 2.5, "progress": "linear"})
+    async_result = poll_request.delay(rid)
+    meta_key = f"celery-task-meta-{async_result.id}"
+    # When the worker polls it, watched closely until it ends
+    seen: set[str] = set()
+    while not async_result.ready():
+        raw = redis_client.get(meta_key)
+        if raw:
+            seen.add(json.loads(raw)["status"])
+    # Then no RETRY state was ever written for it, only the final SUCCESS
+    state = get_state(rid)
+    assert state is not None and state.polls >= 3  # it did retry, several times
+    assert "RETRY" not in seen
+    assert json.loads(redis_client.get(meta_key) or "{}")["status"] == "SUCCESS"
+    # And the proxy doing that is built once, not per access
+    assert poll_request.backend is poll_request.backend
+
+
 def test_success_fires_link_callbacks(sim: Any, redis_client: redis.Redis) -> None:
     from tests.integration.signal_recorder import record_link, record_link_error
 

@@ -87,7 +87,7 @@ def test_a_retry_after_longer_than_one_countdown_is_split_into_hops_that_call_no
     store: RecordStore,
 ) -> None:
     rid, clock = str(uuid.uuid4()), Clock()
-    client = ScriptedClient([RetryableApiError(rid, "HTTP 429", 5000.0), "IN_PROGRESS"])
+    client = ScriptedClient([RetryableApiError(rid, "HTTP 429", 5000.0, 429), "IN_PROGRESS"])
     poller = make(store, client, clock, poll_timeout_s=86400)
     step = poller.step(rid, "t1", 0, clock.now)
     assert isinstance(step, Again) and step.countdown_s == 1800.0 and "hop" in step.note
@@ -178,7 +178,7 @@ def test_the_outcome_is_recorded_once_and_late_callers_get_it_without_api_calls(
 def test_a_429_on_one_request_pauses_every_poller_of_the_key(store: RecordStore) -> None:
     clock = Clock()
     client = ScriptedClient([RetryableApiError("x", "Clipia answered HTTP 429 "
-                                               "rate_limit_exceeded", 20.0), "IN_PROGRESS"])
+                                               "rate_limit_exceeded", 20.0, 429), "IN_PROGRESS"])
     poller = make(store, client, clock)
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
     step = poller.step(first, "t1", 0, clock.now)

@@ -65,6 +65,7 @@ def test_throttling_and_server_errors_are_transient(status: int) -> None:
     with pytest.raises(errors.RetryableApiError) as info:
         client_for(lambda r: envelope(status, "x", {"Retry-After": "7"})).status(ID)
     assert info.value.retry_after_s == 7.0 and errors.is_retryable(info.value)
+    assert info.value.http_status == status  # carried as a number, not sniffed from text
 
 
 def test_retry_after_as_http_date_is_understood() -> None:

@@ -15,7 +15,7 @@ ID = "764cabcf-b745-4b3e-ae38-1200304cf45b"
 SAMPLES = [
     errors.NetworkError(ID, "ConnectError: refused"),
     errors.MalformedResponseError(ID, "unexpected response body"),
-    errors.RetryableApiError(ID, "Clipia answered HTTP 429 rate_limit_exceeded", 2.0),
+    errors.RetryableApiError(ID, "Clipia answered HTTP 429 rate_limit_exceeded", 2.0, 429),
     errors.ApiError(ID, 400, "invalid_request", "bad"),
     errors.AuthenticationError(ID, 401, "invalid_api_key", "Invalid API key"),
     errors.PermissionDeniedError(ID, 403, "insufficient_scope", "no scope"),

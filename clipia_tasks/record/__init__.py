@@ -1,0 +1,159 @@
+"""The per-request record in Redis: the one source of truth about a request id.
+
+Every key and field is named once in :mod:`.keys`; every transition is one Lua
+script in ``lua/`` (atomic across processes and machines) run by
+:class:`~.store.RecordStore`; :class:`~.state.RequestState` is the read view.
+Nothing outside this package touches a key or a field by name. The record never
+holds the API key: only what ``/status`` and the result return.
+
+The layout (``layout`` = 1; records without the field are layout 0, same names)
+--------------------------------------------------------------------------------
+
+Writers are the scripts in ``lua/`` (``claim`` is ``lua/claim.lua``) and
+``plan`` / ``forget_chain``, the only plain commands on the index.
+
+==========================  ======  ============================  ===============  ============
+key                         type    value                         written by       lifetime
+==========================  ======  ============================  ===============  ============
+``clipia:request:<id>``     hash    the fields below              every script     record TTL
+                                                                  but ``pause``    after the
+                                                                                   last write
+``clipia:lock:<id>``        string  lock token                    ``begin_poll``   2 x HTTP
+                                    ``host|pid|task|retries``     ``unlock``       timeout + 5s
+``clipia:delivering:<id>``  string  lock token                    ``begin_``,      60 s
+                                                                  ``end_delivery``
+``clipia:index:chains``     zset    ``"<id> <task_id>"`` scored   ``claim``,       no TTL; left
+                                    by when the chain's next      ``schedule``,    on answer or
+                                    message is due                ``plan``,        expiry
+                                                                  ``answer_chain``
+``clipia:pause:<key tag>``  string  unix s every poller of the    ``pause``        until then
+                                    key holds off (after a 429)
+==========================  ======  ============================  ===============  ============
+
+The record TTL is ``CLIPIA_RECORD_TTL``; the key tag is a one-way hash of the key.
+Fields of ``clipia:request:<id>`` (unix s = seconds since the epoch, as text):
+
+=====================  ===============================================  ==================
+field                  holds                                            written by
+=====================  ===============================================  ==================
+``layout``             layout version of the last writer (1)            claim,
+                                                                        note_terminal
+``first_enqueued_at``  unix s of the first enqueue (deadline base)      claim (once),
+                                                                        note_terminal
+``deadline_at``        ``first_enqueued_at`` + ``CLIPIA_POLL_TIMEOUT``  claim (once),
+                                                                        note_terminal
+``status``             last status seen; ``SUBMITTED`` before one       claim, schedule,
+                                                                        note_terminal, finish
+``queue_position``     last queue position, empty if none               schedule
+``progress``           last progress 0..100, empty if none              schedule
+``history``            compact recent observations (:mod:`.history`)    schedule
+``polls``              successful status calls                          schedule
+``last_poll_at``       unix s the last status call was answered         schedule
+``next_poll_at``       unix s of the next planned call, empty if none   schedule, finish,
+                                                                        note_terminal
+``call_started_at``    unix s the last status call was sent             begin_poll
+``errors``             transient API errors in a row                    schedule
+``last_error``         why the last call failed (60 chars at most)      schedule
+``unknown_logged``     ``1`` once an undocumented status was logged     schedule
+``owner``              task id of the polling chain; empty when none    claim, finish, release
+``gen``                number of the owner's next message               claim, schedule
+``lease_until``        unix s the owner's lease ends                    claim, schedule,
+                                                                        finish, release
+``fatal``              last final API error, JSON ``{"type", "args"}``  release; claim clears
+``webhook_id``         delivery id of the first verified webhook        note_terminal
+``webhook_at``         unix s that webhook was noted                    note_terminal
+``outcome``            COMPLETED / FAILED / CANCELED / TIMED_OUT        finish (first wins)
+``result``             the result body as the API returned it (JSON)    finish
+``error``              the outcome's error, JSON ``{"type", "args"}``   finish
+``finished_at``        unix s the outcome was recorded                  finish
+``delivered``          ``1`` once the signals' receivers returned       end_delivery
+``w:<task_id>``        last message number of a non-owner chain         claim
+``ans:<task_id>``      ``1``: that chain answered its caller            answer_chain
+``cbu:<task_id>``      that chain's ``callback_url``                    remember_chain
+``lnk:<task_id>``      that chain's Celery links (JSON)                 remember_chain
+``cb:<task_id>``       ``done``: its HTTP callback got a 2xx            mark_chain_field
+=====================  ===============================================  ==================
+
+The transitions, in the order a request meets them
+--------------------------------------------------
+
+``claim``
+    Every ``poll_request`` message starts here and learns its :class:`Role`:
+    ``done`` (the outcome is recorded: answer from it, no API call), ``owner``
+    (this message is the one live poller of the id), ``follower`` (another chain
+    polls; wait on the record with cheap reads), ``stale`` (an older message of a
+    chain that has moved on: exit quietly). A chain is one Celery task id; its
+    messages are numbered by Celery's ``retries`` counter and the record keeps
+    the number it expects next (``gen``). The owner holds a lease up to its
+    planned next poll plus a grace period; a chain that misses it (its message
+    was lost) is replaced by the next caller.
+``begin_poll``
+    The owner takes a short poll lock and stamps the call time: a duplicate of
+    the same message waits, a lock left by a dead process on this host is taken
+    over, and no two calls come closer than ``CLIPIA_POLL_INTERVAL``.
+``schedule``
+    The owner writes what it saw and when it polls next, then re-sends itself.
+``finish``
+    Records the terminal outcome; the first writer wins. Signals and callbacks
+    key off this transition (:mod:`clipia_tasks.delivery`).
+``note_terminal``
+    A verified webhook marks the terminal status, so the next step fetches the
+    result instead of polling ``/status``.
+"""
+
+from __future__ import annotations
+
+from .history import HISTORY_LEN, decode_history, encode_history, trim_history
+from .keys import (
+    CHAINS_KEY,
+    DELIVERY_LOCK_PREFIX,
+    KEY_PREFIXES,
+    LAYOUT_VERSION,
+    PAUSE_PREFIX,
+    POLL_LOCK_PREFIX,
+    REQUEST_PREFIX,
+    ChainField,
+    Field,
+    record_key,
+)
+from .state import RequestState
+from .store import (
+    ChainToResume,
+    Claim,
+    DeliveryTurn,
+    Gate,
+    PollGate,
+    RecordStore,
+    Role,
+    WebhookNote,
+    holder_is_dead,
+    lock_token,
+)
+
+__all__ = [
+    "CHAINS_KEY",
+    "DELIVERY_LOCK_PREFIX",
+    "HISTORY_LEN",
+    "KEY_PREFIXES",
+    "LAYOUT_VERSION",
+    "PAUSE_PREFIX",
+    "POLL_LOCK_PREFIX",
+    "REQUEST_PREFIX",
+    "ChainField",
+    "ChainToResume",
+    "Claim",
+    "DeliveryTurn",
+    "Field",
+    "Gate",
+    "PollGate",
+    "RecordStore",
+    "RequestState",
+    "Role",
+    "WebhookNote",
+    "decode_history",
+    "encode_history",
+    "holder_is_dead",
+    "lock_token",
+    "record_key",
+    "trim_history",
+]

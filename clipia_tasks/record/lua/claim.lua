@@ -1,0 +1,43 @@
+-- claim: every poll_request message starts here and learns its role.
+-- KEYS[1] record hash clipia:request:<id>    KEYS[2] chains index clipia:index:chains
+-- ARGV[1] task_id   ARGV[2] retries (message number)   ARGV[3] now (unix s)
+-- ARGV[4] first_enqueued_at   ARGV[5] timeout_s   ARGV[6] ttl_s   ARGV[7] lease_s
+-- ARGV[8] request_id   ARGV[9] run_s (how long this message may take before it is overdue)
+-- ARGV[10] layout version
+-- Reads: outcome, owner, gen, lease_until, w:<task_id>.
+-- Writes: first_enqueued_at, deadline_at, status (SUBMITTED, first claim only), layout,
+--   gen, w:<task_id>, owner, lease_until, fatal; ZADD chains; EXPIRE record.
+-- Returns 'done' | 'owner' | 'follower' | 'stale'.
+local k, chains = KEYS[1], KEYS[2]
+local task_id, retries, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local enq, timeout, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local member = ARGV[8] .. ' ' .. task_id
+if redis.call('HEXISTS', k, 'outcome') == 1 then return 'done' end
+if redis.call('HSETNX', k, 'first_enqueued_at', ARGV[4]) == 1 then
+  redis.call('HSET', k, 'deadline_at', tostring(enq + timeout))
+  redis.call('HSETNX', k, 'status', 'SUBMITTED')
+end
+redis.call('HSET', k, 'layout', ARGV[10])
+local owner = redis.call('HGET', k, 'owner')
+local role
+if owner == task_id then
+  local gen = tonumber(redis.call('HGET', k, 'gen') or '0')
+  if retries < gen then return 'stale' end
+  redis.call('HSET', k, 'gen', tostring(retries))
+  role = 'owner'
+else
+  local lease = tonumber(redis.call('HGET', k, 'lease_until') or '0')
+  local seen = tonumber(redis.call('HGET', k, 'w:' .. task_id) or '-1')
+  if retries < seen then return 'stale' end
+  redis.call('HSET', k, 'w:' .. task_id, tostring(retries))
+  if owner and owner ~= '' and now < lease then
+    role = 'follower'
+  else
+    redis.call('HSET', k, 'owner', task_id, 'gen', tostring(retries),
+               'lease_until', tostring(now + tonumber(ARGV[7])), 'fatal', '')
+    role = 'owner'
+  end
+end
+redis.call('ZADD', chains, now + tonumber(ARGV[9]), member)
+redis.call('EXPIRE', k, ttl)
+return role
