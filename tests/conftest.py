@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +151,36 @@ def wait_for(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.05) 
             return value
         time.sleep(interval_s)
     raise AssertionError(f"condition not met in {timeout_s} s")
+
+
+class Receiver:
+    """A loopback HTTP endpoint that records POSTs and answers from a script of codes."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        self.codes: list[int] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                code = receiver.codes.pop(0) if receiver.codes else 200
+                receiver.posts.append({"headers": dict(self.headers), "raw": raw,
+                                       "code": code, "at": time.time()})
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/clipia"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.server.shutdown()

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -18,44 +15,11 @@ from clipia.webhooks import verify_signature
 from clipia_tasks import ConfigurationError, get_state, poll_request
 from clipia_tasks.callbacks import sign
 from clipia_tasks.webhooks import handle_webhook
-from tests.conftest import WORKER_ENV, Worker, signal_counts, wait_for
+from tests.conftest import WORKER_ENV, Receiver, Worker, signal_counts, wait_for
 
 pytestmark = pytest.mark.integration
 CB_SECRET = WORKER_ENV["CLIPIA_CALLBACK_SECRET"]
 WH_SECRET = WORKER_ENV["CLIPIA_WEBHOOK_SECRET"]
-
-
-class Receiver:
-    """A loopback HTTP endpoint that records POSTs and answers from a script of codes."""
-
-    def __init__(self) -> None:
-        self.posts: list[dict[str, Any]] = []
-        self.codes: list[int] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers["Content-Length"]))
-                code = receiver.codes.pop(0) if receiver.codes else 200
-                receiver.posts.append({"headers": dict(self.headers), "raw": raw,
-                                       "code": code, "at": time.time()})
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/clipia"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.server.shutdown()
 
 
 @pytest.fixture

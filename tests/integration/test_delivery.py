@@ -11,7 +11,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -20,8 +19,15 @@ import redis
 from clipia_tasks import _runtime, delivery
 from clipia_tasks.callbacks import delivery_id
 from clipia_tasks.delivery import CallbackDone, CallbackRetry
-from clipia_tasks.record import CHAINS_KEY, DeliveryTurn, RecordStore, record_key
+from clipia_tasks.record import (
+    CHAINS_KEY,
+    DELIVERY_LOCK_PREFIX,
+    DeliveryTurn,
+    RecordStore,
+    record_key,
+)
 from clipia_tasks.signals import request_completed, request_failed
+from tests.conftest import Receiver
 
 pytestmark = pytest.mark.integration
 
@@ -105,11 +111,11 @@ def test_a_delivery_lock_of_a_dead_process_is_taken_over_and_a_live_one_waits(
     import socket
 
     # Given a lock held by a live process on another host: wait for it
-    redis_client.set(f"clipia:delivering:{rid}", "other-host|1|deliver|0", px=60_000)
+    redis_client.set(DELIVERY_LOCK_PREFIX + rid, "other-host|1|deliver|0", px=60_000)
     assert delivery.fire_signals(state) is DeliveryTurn.BUSY
     assert fired == []
     # Given a lock left by a process of this host that died (pid far beyond pid_max)
-    redis_client.set(f"clipia:delivering:{rid}", f"{socket.gethostname()}|99999999|d|0",
+    redis_client.set(DELIVERY_LOCK_PREFIX + rid, f"{socket.gethostname()}|99999999|d|0",
                      px=60_000)
     # Then it is taken over at once
     assert delivery.fire_signals(state) is DeliveryTurn.GO
@@ -155,53 +161,12 @@ def test_an_answered_chain_is_recorded_and_leaves_the_index(
     assert redis_client.ttl(record_key(rid)) > 0
 
 
-class _Receiver:
-    """An HTTP endpoint on loopback answering scripted status codes; counts POSTs."""
-
-    def __init__(self, codes: list[int]) -> None:
-        self.codes = codes
-        self.posts: list[dict[str, str]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length") or 0))
-                receiver.posts.append(dict(self.headers))
-                code = receiver.codes.pop(0) if len(receiver.codes) > 1 else receiver.codes[0]
-                self.send_response(code)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver_factory() -> Iterator[Any]:
-    made: list[_Receiver] = []
-
-    def make(codes: list[int]) -> _Receiver:
-        made.append(_Receiver(codes))
-        return made[-1]
-
-    yield make
-    for r in made:
-        r.close()
-
-
 def test_a_2xx_callback_is_recorded_and_never_posted_again(
-    store: RecordStore, receiver_factory: Any
+    store: RecordStore, receiver: Receiver
 ) -> None:
     rid = _completed(store)
-    hook = receiver_factory([204])
+    hook = receiver
+    hook.codes = [204, 204]
     now = time.time()
     first = delivery.attempt_callback(rid, "t1", hook.url, attempt=0, first_attempt_at=now)
     assert first == CallbackDone({"delivered": True, "status_code": 204,
@@ -209,7 +174,7 @@ def test_a_2xx_callback_is_recorded_and_never_posted_again(
     again = delivery.attempt_callback(rid, "t1", hook.url, attempt=0, first_attempt_at=now)
     assert again == CallbackDone({"delivered": False, "reason": "already delivered"})
     assert len(hook.posts) == 1
-    assert hook.posts[0]["X-Clipia-Webhook-Id"] == delivery_id(rid, "t1")
+    assert hook.posts[0]["headers"]["X-Clipia-Webhook-Id"] == delivery_id(rid, "t1")
     # Another chain of the same request has its own flag
     other = delivery.attempt_callback(rid, "t2", hook.url, attempt=0, first_attempt_at=now)
     assert isinstance(other, CallbackDone) and other.answer["delivered"] is True
@@ -217,26 +182,25 @@ def test_a_2xx_callback_is_recorded_and_never_posted_again(
 
 
 def test_callback_5xx_is_retried_with_backoff_and_4xx_given_up(
-    store: RecordStore, receiver_factory: Any
+    store: RecordStore, receiver: Receiver
 ) -> None:
     rid = _completed(store)
-    flaky, gone = receiver_factory([503]), receiver_factory([410])
+    receiver.codes = [503, 410, 503]
     now = time.time()
-    retry = delivery.attempt_callback(rid, "t1", flaky.url, attempt=3, first_attempt_at=now)
+    retry = delivery.attempt_callback(rid, "t1", receiver.url, attempt=3, first_attempt_at=now)
     assert retry == CallbackRetry(8.0, "HTTP 503")
-    done = delivery.attempt_callback(rid, "t2", gone.url, attempt=0, first_attempt_at=now)
+    done = delivery.attempt_callback(rid, "t2", receiver.url, attempt=0, first_attempt_at=now)
     assert done == CallbackDone({"delivered": False, "status_code": 410})
     # Past CLIPIA_CALLBACK_GIVE_UP_AFTER (default 1 h) a failing endpoint is given up
-    late = delivery.attempt_callback(rid, "t3", flaky.url, attempt=9,
+    late = delivery.attempt_callback(rid, "t3", receiver.url, attempt=9,
                                      first_attempt_at=now - 7200)
     assert late == CallbackDone({"delivered": False, "reason": "gave up (HTTP 503)"})
 
 
 def test_a_callback_without_an_outcome_sends_nothing(
-    store: RecordStore, receiver_factory: Any
+    store: RecordStore, receiver: Receiver
 ) -> None:
-    hook = receiver_factory([200])
-    answer = delivery.attempt_callback(str(uuid.uuid4()), "t1", hook.url, attempt=0,
+    answer = delivery.attempt_callback(str(uuid.uuid4()), "t1", receiver.url, attempt=0,
                                        first_attempt_at=time.time())
     assert answer == CallbackDone({"delivered": False, "reason": "no outcome"})
-    assert hook.posts == []
+    assert receiver.posts == []
