@@ -103,57 +103,10 @@ The transitions, in the order a request meets them
 
 from __future__ import annotations
 
-from .history import HISTORY_LEN, decode_history, encode_history, trim_history
-from .keys import (
-    CHAINS_KEY,
-    DELIVERY_LOCK_PREFIX,
-    KEY_PREFIXES,
-    LAYOUT_VERSION,
-    PAUSE_PREFIX,
-    POLL_LOCK_PREFIX,
-    REQUEST_PREFIX,
-    ChainField,
-    Field,
-    record_key,
-)
-from .state import RequestState
-from .store import (
-    ChainToResume,
-    Claim,
-    DeliveryTurn,
-    Gate,
-    PollGate,
-    RecordStore,
-    Role,
-    WebhookNote,
-    holder_is_dead,
-    lock_token,
-)
+from . import history, keys, state, store
+from .history import *  # noqa: F403
+from .keys import *  # noqa: F403
+from .state import *  # noqa: F403
+from .store import *  # noqa: F403
 
-__all__ = [
-    "CHAINS_KEY",
-    "DELIVERY_LOCK_PREFIX",
-    "HISTORY_LEN",
-    "KEY_PREFIXES",
-    "LAYOUT_VERSION",
-    "PAUSE_PREFIX",
-    "POLL_LOCK_PREFIX",
-    "REQUEST_PREFIX",
-    "ChainField",
-    "ChainToResume",
-    "Claim",
-    "DeliveryTurn",
-    "Field",
-    "Gate",
-    "PollGate",
-    "RecordStore",
-    "RequestState",
-    "Role",
-    "WebhookNote",
-    "decode_history",
-    "encode_history",
-    "holder_is_dead",
-    "lock_token",
-    "record_key",
-    "trim_history",
-]
+__all__ = [*history.__all__, *keys.__all__, *state.__all__, *store.__all__]
