@@ -8,6 +8,9 @@ wrong into this package's errors (see :mod:`clipia_tasks.errors`):
   error takes keyword-only arguments and does not survive Celery's JSON result
   backend, so it never leaves this module.
 * ``httpx.TransportError`` (refused, reset, timeouts) -> :class:`NetworkError`.
+* ``GET /v1/requests/{id}`` without a terminal result -> :class:`ResultNotReady`,
+  which keeps the documented 202 (still queued or running) apart from a 200
+  whose body's status is not terminal (undocumented: the poller backs off).
 * A 2xx the SDK cannot parse (it raises ``TypeError`` / ``KeyError`` on a
   missing or non-JSON body) or whose fields have the wrong type ->
   :class:`MalformedResponseError`.
@@ -37,7 +40,7 @@ from .errors import (
 )
 from .settings import Settings
 
-__all__ = ["ClipiaClient", "StatusSnapshot"]
+__all__ = ["ClipiaClient", "ResultNotReady", "StatusSnapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,16 @@ class StatusSnapshot:
     status: str
     queue_position: int | None
     progress: int | None
+
+
+@dataclass(frozen=True)
+class ResultNotReady:
+    """An answer of ``GET /v1/requests/{id}`` that holds no terminal result."""
+
+    #: 202 (documented: still queued or running) or 200 (a body whose status is not terminal).
+    http_status: int
+    #: The status the body gave.
+    status: str
 
 
 def _optional_int(body: dict[str, Any], name: str) -> int | None:
@@ -146,14 +159,16 @@ class ClipiaClient:
         except Exception as exc:
             raise translate_error(exc, request_id) from None
 
-    def result(self, request_id: str) -> dict[str, Any] | None:
-        """The terminal result body, or ``None`` while the API still answers 202."""
+    def result(self, request_id: str) -> dict[str, Any] | ResultNotReady:
+        """The terminal result body, or :class:`ResultNotReady` saying what came instead."""
         try:
             answer = self._sdk.result(request_id)
             if not isinstance(answer.data, dict) or not isinstance(answer.status, str):
                 raise TypeError("result body is not an object with a status")
-            if answer.pending or not answer.is_terminal:
-                return None
+            if answer.pending:
+                return ResultNotReady(202, answer.status)
+            if not answer.is_terminal:
+                return ResultNotReady(200, answer.status)
             return dict(answer.data)
         except Exception as exc:
             raise translate_error(exc, request_id) from None

@@ -16,6 +16,7 @@ The tree::
      ├── RequestFailedError        Clipia finished the request as FAILED
      │    └── RequestCanceledError Clipia finished the request as CANCELED
      └── PollTimeoutError          CLIPIA_POLL_TIMEOUT passed before a terminal status
+                                   (``cause``: an undocumented status, or no terminal result)
 
 The split between :class:`TransientError` ("poll again") and everything else
 ("stop") is the line between retryable and final; :func:`is_retryable` is the
@@ -196,29 +197,66 @@ class RequestCanceledError(RequestFailedError):
 
 
 class PollTimeoutError(ClipiaTasksError):
-    """The request did not reach a terminal status within CLIPIA_POLL_TIMEOUT."""
+    """The request did not reach a terminal status within CLIPIA_POLL_TIMEOUT.
+
+    ``cause`` says why, when it was not simply a long generation: the API kept
+    answering a status its docs do not list (:attr:`UNKNOWN_STATUS`), or
+    ``/status`` said the request had ended but the result endpoint kept
+    answering without a terminal result (:attr:`RESULT_NOT_TERMINAL`). Empty
+    otherwise.
+    """
+
+    #: ``cause``: the last status answers were a value the API docs do not list.
+    UNKNOWN_STATUS = "unknown_status"
+    #: ``cause``: /status said terminal, the result endpoint kept answering not finished.
+    RESULT_NOT_TERMINAL = "result_not_terminal"
 
     def __init__(
-        self, request_id: str, waited_s: float, last_status: str, last_error: str = ""
+        self,
+        request_id: str,
+        waited_s: float,
+        last_status: str,
+        last_error: str = "",
+        cause: str = "",
     ) -> None:
-        super().__init__(request_id, waited_s, last_status, last_error)
+        super().__init__(request_id, waited_s, last_status, last_error, cause)
         self.request_id = request_id
         self.waited_s = waited_s
         self.last_status = last_status
         #: Why the last call failed, when the deadline came during API errors.
         self.last_error = last_error
+        #: Why no terminal result came, when it was not the generation's length.
+        self.cause = cause
 
     def __str__(self) -> str:
-        text = (
-            f"request {self.request_id} still {self.last_status or 'unknown'} after "
-            f"{self.waited_s:.1f} s (CLIPIA_POLL_TIMEOUT); polling stopped, though it may "
-            f"still finish on Clipia"
-        )
+        status = self.last_status or "unknown"
+        stopped = "polling stopped, though it may still finish on Clipia"
+        if self.cause == self.UNKNOWN_STATUS:
+            text = (
+                f"request {self.request_id} still had the status {status!r}, which the API "
+                f"docs do not list, after {self.waited_s:.1f} s (CLIPIA_POLL_TIMEOUT); "
+                f"{stopped}. Neither /status nor the result endpoint said it had finished: "
+                "check the request in the Clipia dashboard"
+            )
+        elif self.cause == self.RESULT_NOT_TERMINAL:
+            text = (
+                f"request {self.request_id}: /status said {status}, but the result endpoint "
+                f"kept answering without a terminal result until the deadline "
+                f"({self.waited_s:.1f} s, CLIPIA_POLL_TIMEOUT); polling stopped. Fetch the "
+                f"result later (GET /v1/requests/{self.request_id}) or report it to Clipia"
+            )
+        else:
+            text = (
+                f"request {self.request_id} still {status} after {self.waited_s:.1f} s "
+                f"(CLIPIA_POLL_TIMEOUT); {stopped}"
+            )
         if self.last_error:
             return (
                 f"{text}. The API was failing when time ran out (last: {self.last_error}): "
                 "check CLIPIA_BASE_URL and the network (clipia-tasks doctor)"
             )
+        if self.cause:
+            return text
         return f"{text}: raise CLIPIA_POLL_TIMEOUT for generations this long"
 
 

@@ -7,19 +7,50 @@ task must do next: :class:`Finish` (return the result or raise the error),
 quietly; another message carries the chain). Keeping this out of the task
 keeps the task thin and lets the logic run against a real Redis without a
 worker.
+
+Answers that do not fit the API docs keep the calls bounded:
+
+* ``/status`` said terminal but the result endpoint has no terminal result. A
+  202 is the documented race (the result lags ``/status`` by moments): retried
+  after 0.5 s (:data:`RESULT_RACE_DELAY_S`, never more than
+  ``CLIPIA_POLL_INTERVAL``), :data:`RESULT_RACE_RETRIES` times. After that, and
+  at once for a 200 whose status is not terminal (one WARNING per request), the
+  wait doubles from 0.5 s (1, 2, 4 ... s), at most ``CLIPIA_POLL_MAX_INTERVAL``.
+  After :data:`RESULT_WAITS_BEFORE_STATUS` such answers the terminal status
+  itself is doubted: the poller goes back to ``/status`` and asks for the result
+  only when ``/status`` says terminal again, so from then on there is at most
+  one result call per status call, at the backed-off pace. (The record keeps the
+  terminal status meanwhile: ``schedule`` never overwrites one with a pending one;
+  the history shows what ``/status`` said.)
+* A status the docs do not list (one WARNING per request) is polled with a
+  backoff that doubles from ``CLIPIA_POLL_INTERVAL`` up to
+  ``CLIPIA_POLL_MAX_INTERVAL`` (or the policy's delay, if longer); at every
+  :data:`UNKNOWN_POLLS_PER_RESULT`-th such answer in a row the result endpoint
+  is asked once, and a terminal result there is recorded as usual.
+* In both cases a deadline that passes says so (``PollTimeoutError.cause``)
+  instead of suggesting a longer ``CLIPIA_POLL_TIMEOUT``.
+* A progress outside 0..100 or a negative queue position is clamped before it is
+  recorded (one WARNING per request, with the raw value).
+
+After a 429 every poller of the key holds off until the shared pause ends, then
+wakes at a random moment within :data:`PAUSE_JITTER_RATIO` of the pause left
+(at least :data:`PAUSE_JITTER_MIN_S`, at most ``CLIPIA_POLL_MAX_INTERVAL``), so
+they do not all call at the same instant. The random source is injectable
+(``rng``), like the clock.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from . import _runtime
-from .client import ClipiaClient
+from .client import ClipiaClient, ResultNotReady, StatusSnapshot
 from .errors import (
     ApiError,
     ClipiaTasksError,
@@ -63,6 +94,16 @@ log = logging.getLogger("clipia_tasks.poller")
 FOLLOWER_SLACK_S = 0.25
 #: A 202 on the result after a terminal status is retried after at most this long.
 RESULT_RACE_DELAY_S = 0.5
+#: ... at most this many times in a row; later answers without a result back off.
+RESULT_RACE_RETRIES = 3
+#: Result answers in a row without a terminal result before ``/status`` is asked again.
+RESULT_WAITS_BEFORE_STATUS = 6
+#: An undocumented status this many times in a row: ask the result endpoint (again every so many).
+UNKNOWN_POLLS_PER_RESULT = 3
+#: After a shared 429 pause, pollers spread their wake-ups over this fraction of the pause left.
+PAUSE_JITTER_RATIO = 0.1
+#: ... but over at least this many seconds.
+PAUSE_JITTER_MIN_S = 1.0
 #: A status call that was sent but never answered (its worker died) may have reached
 #: the API up to this long after it was stamped; the next call keeps its gap from there.
 UNANSWERED_MARGIN_S = 1.0
@@ -107,6 +148,20 @@ def outcome_of(state: RequestState) -> Finish:
     return Finish(error=RequestFailedError(state.request_id, state.outcome or "", "", ""))
 
 
+def _fetch_only(state: RequestState) -> bool:
+    """Seen terminal, result not fetched: ask the result, not /status.
+
+    Unless the result endpoint has answered without a result too often: then
+    the terminal status is checked again first.
+    """
+    return state.status in TERMINAL_STATUSES and state.result_waits < RESULT_WAITS_BEFORE_STATUS
+
+
+def _doubling_s(base_s: float, n: int, cap_s: float) -> float:
+    """``base_s`` doubled for each of ``n - 1`` earlier tries, at most ``cap_s``."""
+    return min(base_s * 2.0 ** min(max(n - 1, 0), 30), cap_s)
+
+
 def _describe(status: str | None, queue_position: int | None, progress: int | None) -> str:
     text = status or "unknown"
     if queue_position is not None:
@@ -128,6 +183,7 @@ class Poller:
         deliver: Deliver,
         clock: Callable[[], float] = time.time,
         metrics: NullMetrics | None = None,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -137,6 +193,8 @@ class Poller:
         self.deliver = deliver
         self.clock = clock
         self.metrics = metrics or NullMetrics()
+        #: Floats in [0, 1): where in the window a poller wakes after a shared pause.
+        self.rng = rng
 
     def __repr__(self) -> str:
         return f"Poller(base_url={self.settings.base_url!r})"
@@ -204,14 +262,18 @@ class Poller:
             return self._time_out(state, now)
         paused = self.store.pause_until(self.client.key_fingerprint)
         if paused > now:
-            # Another poller of this key was told to slow down: so are we.
-            return self._schedule(state, task_id, retries, paused, {}, "rate limited (shared)")
+            # Another poller of this key was told to slow down: so are we. Each poller
+            # wakes at its own moment past the pause end, not all at the same instant.
+            spread_s = max(PAUSE_JITTER_MIN_S,
+                           min(PAUSE_JITTER_RATIO * (paused - now), s.poll_max_interval_s))
+            wake = paused + spread_s * self.rng()
+            return self._schedule(state, task_id, retries, wake, {}, "rate limited (shared)")
         token = lock_token(task_id, retries)
         # Stamped right before the call. The gap to the next call counts from when
         # this one is answered; this stamp counts only if it never is (a crash).
         call_at = self.clock()
         # The gap is between /status calls; a result fetch only needs the lock.
-        fetch_only = state.status in TERMINAL_STATUSES
+        fetch_only = _fetch_only(state)
         gate = self.store.begin_poll(
             request_id, token, lock_s=self._lock_s, now=call_at,
             min_gap_s=0.0 if fetch_only else s.poll_interval_s,
@@ -236,75 +298,162 @@ class Poller:
         self, state: RequestState, task_id: str, retries: int, now: float, deadline: float
     ) -> Step:
         rid = state.request_id
-        fields: dict[str, Any] = {}
-        if state.status in TERMINAL_STATUSES:
+        s = self.settings
+        if _fetch_only(state):
             # Seen terminal before, result not fetched yet (202 race or a crash).
-            status = state.status
-        else:
-            try:
-                snap = self.client.status(rid)
-            except TransientError as exc:
-                return self._after_error(state, task_id, retries, now, deadline, exc,
-                                         {Field.LAST_POLL_AT: repr(self.clock())})
-            except ApiError as exc:
-                return self._fatal(state, task_id, exc)
-            answered_at = self.clock()
-            status = snap.status
-            first = state.first_enqueued_at or now
-            history = [*state.history, Observation(round(now - first, 3), status,
-                                                   snap.queue_position, snap.progress)]
-            polls = state.polls + 1
-            fields = {
-                Field.STATUS: status,
-                Field.QUEUE_POSITION: snap.queue_position,
-                Field.PROGRESS: snap.progress,
-                # When the answer came: the next call keeps its gap from here, so
-                # the API never sees two calls closer than CLIPIA_POLL_INTERVAL.
-                Field.LAST_POLL_AT: repr(answered_at),
-                Field.POLLS: polls,
-                Field.ERRORS: 0,
-                Field.HISTORY: encode_history(trim_history(history, HISTORY_LEN)),
-            }
-            phase = classify(status)
-            self.metrics.poll()
-            if phase is Phase.UNKNOWN and not state.unknown_logged:
-                log.warning(
-                    "request %s has status %r, which the API docs do not list; "
-                    "treating it as not finished", rid, status,
-                    extra={"request_id": rid, "task_id": task_id},
-                )
-                fields[Field.UNKNOWN_LOGGED] = 1
-            if phase is not Phase.TERMINAL:
-                ctx = PollContext(elapsed_s=now - first, polls=polls, history=tuple(history))
-                delay = self.policy.next_delay(ctx)
-                note = _describe(status, snap.queue_position, snap.progress)
-                log.debug("polled %s: %s, next poll in %.1f s", rid, note, delay,
-                          extra={"request_id": rid, "task_id": task_id, "attempt": retries,
-                                 "next_delay_s": round(delay, 3)})
-                wake = max(now + delay, answered_at + self.settings.poll_interval_s)
-                return self._schedule(
-                    state, task_id, retries, min(wake, deadline + 0.01), fields, note
-                )
-            # Terminal: say so before fetching the result, so a copy of this message
-            # redelivered after a crash fetches the result instead of asking /status again.
+            return self._fetch_result(state, task_id, retries, now, deadline,
+                                      str(state.status), {})
+        try:
+            snap = self.client.status(rid)
+        except TransientError as exc:
+            return self._after_error(state, task_id, retries, now, deadline, exc,
+                                     {Field.LAST_POLL_AT: repr(self.clock())})
+        except ApiError as exc:
+            return self._fatal(state, task_id, exc)
+        answered_at = self.clock()
+        status = snap.status
+        fields: dict[str, Any] = {}
+        queue_position, progress = self._in_range(state, task_id, snap, fields)
+        first = state.first_enqueued_at or now
+        history = [*state.history, Observation(round(now - first, 3), status,
+                                               queue_position, progress)]
+        polls = state.polls + 1
+        fields.update({
+            Field.STATUS: status,
+            Field.QUEUE_POSITION: queue_position,
+            Field.PROGRESS: progress,
+            # When the answer came: the next call keeps its gap from here, so
+            # the API never sees two calls closer than CLIPIA_POLL_INTERVAL.
+            Field.LAST_POLL_AT: repr(answered_at),
+            Field.POLLS: polls,
+            Field.ERRORS: 0,
+            Field.HISTORY: encode_history(trim_history(history, HISTORY_LEN)),
+        })
+        phase = classify(status)
+        self.metrics.poll()
+        unknown_polls = state.unknown_polls + 1 if phase is Phase.UNKNOWN else 0
+        if unknown_polls != state.unknown_polls:
+            fields[Field.UNKNOWN_POLLS] = unknown_polls
+        if phase is Phase.TERMINAL:
+            # Say so before fetching the result, so a copy of this message redelivered
+            # after a crash fetches the result instead of asking /status again.
             if not self.store.note_seen_terminal(
                 rid, task_id, retries, fields,
                 lease_until=now + self._lease_s, due_at=now + self._run_s,
             ):
                 return Stale(f"chain {task_id} lost ownership of {rid}")
+            return self._fetch_result(state, task_id, retries, now, deadline, status, fields)
+        if phase is Phase.UNKNOWN and not state.unknown_logged:
+            log.warning(
+                "request %s has status %r, which the API docs do not list; "
+                "treating it as not finished", rid, status,
+                extra={"request_id": rid, "task_id": task_id},
+            )
+            fields[Field.UNKNOWN_LOGGED] = 1
+        ctx = PollContext(elapsed_s=now - first, polls=polls, history=tuple(history))
+        delay = self.policy.next_delay(ctx)
+        if unknown_polls:
+            # An undocumented status says nothing about when it ends: back off,
+            # whatever the policy reads into it.
+            delay = max(delay, _doubling_s(s.poll_interval_s, unknown_polls,
+                                           s.poll_max_interval_s))
+        note = _describe(status, queue_position, progress)
+        log.debug("polled %s: %s, next poll in %.1f s", rid, note, delay,
+                  extra={"request_id": rid, "task_id": task_id, "attempt": retries,
+                         "next_delay_s": round(delay, 3)})
+        wake = min(max(now + delay, answered_at + s.poll_interval_s), deadline + 0.01)
+        if unknown_polls and unknown_polls % UNKNOWN_POLLS_PER_RESULT == 0:
+            return self._probe_result(state, task_id, retries, now, deadline, fields,
+                                      wake, note)
+        return self._schedule(state, task_id, retries, wake, fields, note)
+
+    def _in_range(
+        self, state: RequestState, task_id: str, snap: StatusSnapshot, fields: dict[str, Any]
+    ) -> tuple[int | None, int | None]:
+        """Queue position (>= 0) and progress (0..100), clamped; logged once per request."""
+        queue_position = None if snap.queue_position is None else max(snap.queue_position, 0)
+        progress = None if snap.progress is None else min(max(snap.progress, 0), 100)
+        raw = {"queue_position": snap.queue_position, "progress": snap.progress}
+        shown = {"queue_position": queue_position, "progress": progress}
+        odd = [f"{name} {raw[name]} (recorded as {shown[name]})"
+               for name in raw if raw[name] != shown[name]]
+        if odd and not state.range_logged:
+            log.warning(
+                "request %s: /status answered %s, outside the documented range "
+                "(queue_position >= 0, progress 0..100)", state.request_id, " and ".join(odd),
+                extra={"request_id": state.request_id, "task_id": task_id},
+            )
+            fields[Field.RANGE_LOGGED] = 1
+        return queue_position, progress
+
+    def _fetch_result(
+        self,
+        state: RequestState,
+        task_id: str,
+        retries: int,
+        now: float,
+        deadline: float,
+        status: str,
+        fields: dict[str, Any],
+    ) -> Step:
+        """The result after a terminal status; backs off while the endpoint has none."""
+        rid = state.request_id
+        s = self.settings
+        fields[Field.STATUS] = status
         try:
-            body = self.client.result(rid)
+            answer = self.client.result(rid)
         except TransientError as exc:
-            fields[Field.STATUS] = status
             return self._after_error(state, task_id, retries, now, deadline, exc, fields)
         except ApiError as exc:
             return self._fatal(state, task_id, exc)
-        if body is None:
-            fields[Field.STATUS] = status
-            wake = now + min(self.settings.poll_interval_s, RESULT_RACE_DELAY_S)
-            note = f"{status}, result not ready"
-            return self._schedule(state, task_id, retries, wake, fields, note)
-        return self._record_outcome(state, body, fields, now)
+        if not isinstance(answer, ResultNotReady):
+            return self._record_outcome(state, answer, fields, now)
+        waits = state.result_waits + 1
+        fields[Field.RESULT_WAITS] = waits
+        base_s = min(s.poll_interval_s, RESULT_RACE_DELAY_S)
+        # A 202 is the documented race (the result lags /status by moments): a few
+        # quick retries first, then the same doubling as a 200 that is not terminal.
+        race = answer.http_status == 202
+        backoff_n = max(waits - RESULT_RACE_RETRIES + 1, 1) if race else waits
+        delay = _doubling_s(base_s, backoff_n, s.poll_max_interval_s)
+        if not (race and waits <= RESULT_RACE_RETRIES) and not state.result_logged:
+            log.warning(
+                "request %s: /status said %s, but the result endpoint answered HTTP %d "
+                "with status %r (%d time(s) in a row); backing off, next try in %.1f s",
+                rid, status, answer.http_status, answer.status, waits, delay,
+                extra={"request_id": rid, "task_id": task_id, "attempt": retries,
+                       "next_delay_s": round(delay, 3)},
+            )
+            fields[Field.RESULT_LOGGED] = 1
+        note = f"{status}, result not ready (HTTP {answer.http_status} {answer.status})"
+        if waits >= RESULT_WAITS_BEFORE_STATUS:
+            note += "; asking /status again"
+        wake = min(now + delay, deadline + 0.01)
+        return self._schedule(state, task_id, retries, wake, fields, note)
+
+    def _probe_result(
+        self,
+        state: RequestState,
+        task_id: str,
+        retries: int,
+        now: float,
+        deadline: float,
+        fields: dict[str, Any],
+        wake: float,
+        note: str,
+    ) -> Step:
+        """An undocumented status for a while: has the request ended under another name?"""
+        rid = state.request_id
+        try:
+            answer = self.client.result(rid)
+        except TransientError as exc:
+            return self._after_error(state, task_id, retries, now, deadline, exc, fields)
+        except ApiError as exc:
+            return self._fatal(state, task_id, exc)
+        if not isinstance(answer, ResultNotReady):
+            return self._record_outcome(state, answer, fields, now)
+        note = f"{note}; result not ready (HTTP {answer.http_status} {answer.status})"
+        return self._schedule(state, task_id, retries, wake, fields, note)
 
     def _record_outcome(
         self, state: RequestState, body: dict[str, Any], fields: dict[str, Any], now: float
@@ -351,7 +500,12 @@ class Poller:
         rid = state.request_id
         waited = now - (state.first_enqueued_at or now)
         failing = state.last_error if state.errors else ""
-        error = PollTimeoutError(rid, round(waited, 1), state.status or "", failing)
+        cause = ""
+        if state.status in TERMINAL_STATUSES and state.result_waits:
+            cause = PollTimeoutError.RESULT_NOT_TERMINAL
+        elif state.unknown_polls:
+            cause = PollTimeoutError.UNKNOWN_STATUS
+        error = PollTimeoutError(rid, round(waited, 1), state.status or "", failing, cause)
         won = self.store.finish(
             rid,
             {

@@ -4,9 +4,10 @@ Settings come from the environment or a ``.env`` file in the working
 directory, are read once per process by :func:`get_settings`, and are
 validated as a whole: a missing or malformed value raises one
 :class:`~clipia_tasks.errors.ConfigurationError` that names the variable and
-says what is wrong. A web process that only enqueues needs ``REDIS_URL``; the
-API key is required only where the API is called (:meth:`Settings.require_api_key`,
-checked at worker start).
+says what is wrong. Secrets (the API key, both signing secrets) lose surrounding
+whitespace, such as the newline a secret file ends with. A web process that
+only enqueues needs ``REDIS_URL``; the API key is required only where the API
+is called (:meth:`Settings.require_api_key`, checked at worker start).
 
 Field names carry their unit (``_s`` = seconds). ``docs/configuration.md``
 lists the same table for people; ``tests/unit/test_settings.py`` keeps the two
@@ -118,6 +119,15 @@ class Settings(BaseSettings):
         "text", validation_alias=_env("CLIPIA_LOG_FORMAT")
     )
 
+    @field_validator("api_key", "callback_secret", "webhook_secret")
+    @classmethod
+    def _strip_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # A value from a file or a quoted .env line often ends with a newline: a
+        # secret with it would sign or compare wrong (valid webhooks got 401).
+        if value is None:
+            return None
+        return SecretStr(value.get_secret_value().strip())
+
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
@@ -200,12 +210,12 @@ class Settings(BaseSettings):
 
     def require_api_key(self) -> str:
         """The key, or a ConfigurationError saying how to set it."""
-        if self.api_key is None or not self.api_key.get_secret_value().strip():
+        if self.api_key is None or not self.api_key.get_secret_value():
             raise ConfigurationError(
                 "CLIPIA_API_KEY is not set: workers need the Clipia API key "
                 "(export CLIPIA_API_KEY=clipia_live_... or put it in .env)"
             )
-        key = self.api_key.get_secret_value().strip()
+        key = self.api_key.get_secret_value()
         if not key.startswith(("clipia_live_", "clipia_test_")):
             raise ConfigurationError(
                 "CLIPIA_API_KEY does not look like a Clipia key: keys start with "

@@ -44,7 +44,7 @@ field                  holds                                            written 
                                                                         note_terminal
 ``status``             last status seen; ``SUBMITTED`` before one       claim, schedule,
                                                                         note_terminal, finish
-``queue_position``     last queue position, empty if none               schedule
+``queue_position``     last queue position (>= 0), empty if none        schedule
 ``progress``           last progress 0..100, empty if none              schedule
 ``history``            compact recent observations (:mod:`.history`)    schedule
 ``polls``              successful status calls                          schedule
@@ -55,6 +55,13 @@ field                  holds                                            written 
 ``errors``             transient API errors in a row                    schedule
 ``last_error``         why the last call failed (60 chars at most)      schedule
 ``unknown_logged``     ``1`` once an undocumented status was logged     schedule
+``unknown_polls``      status calls in a row that answered an           schedule, finish
+                       undocumented status; empty or 0 if none
+``result_waits``       result calls in a row, since ``/status`` said    schedule
+                       terminal, that found no terminal result
+``result_logged``      ``1`` once such a result answer was logged       schedule
+``range_logged``       ``1`` once a progress or queue position out of   schedule, finish
+                       range was logged (and clamped)
 ``owner``              task id of the polling chain; empty when none    claim, finish, release
 ``gen``                number of the owner's next message               claim, schedule
 ``lease_until``        unix s the owner's lease ends                    claim, schedule,

@@ -36,6 +36,14 @@ def _int(value: str | None) -> int | None:
     return int(float(value))
 
 
+def _within(value: int | None, low: int, high: int | None = None) -> int | None:
+    """``value`` clamped (pollers clamp before writing; this covers records they did not)."""
+    if value is None:
+        return None
+    value = max(value, low)
+    return value if high is None else min(value, high)
+
+
 @dataclass(frozen=True)
 class RequestState:
     """What a web app can show about a request, read from Redis in one call."""
@@ -70,6 +78,14 @@ class RequestState:
     last_error: str = ""
     delivered: bool = False
     unknown_logged: bool = False
+    #: Status calls in a row that answered a status the API docs do not list.
+    unknown_polls: int = 0
+    #: Result calls in a row, since ``/status`` said terminal, that found no terminal result.
+    result_waits: int = 0
+    #: A result answer without a terminal result was logged (once per request).
+    result_logged: bool = False
+    #: A progress or queue position out of range was logged (once per request).
+    range_logged: bool = False
     #: Task ids of chains that have answered their caller (SUCCESS or FAILURE stored).
     answered: frozenset[str] = frozenset()
     #: Task ids of chains whose HTTP callback got a 2xx.
@@ -93,8 +109,8 @@ class RequestState:
         return cls(
             request_id=request_id,
             status=raw.get(Field.STATUS) or None,
-            queue_position=_int(raw.get(Field.QUEUE_POSITION)),
-            progress=_int(raw.get(Field.PROGRESS)),
+            queue_position=_within(_int(raw.get(Field.QUEUE_POSITION)), 0),
+            progress=_within(_int(raw.get(Field.PROGRESS)), 0, 100),
             last_poll_at=_num(raw.get(Field.LAST_POLL_AT)),
             next_poll_at=_num(raw.get(Field.NEXT_POLL_AT)),
             polls=_int(raw.get(Field.POLLS)) or 0,
@@ -112,6 +128,10 @@ class RequestState:
             last_error=raw.get(Field.LAST_ERROR) or "",
             delivered=raw.get(Field.DELIVERED) == "1",
             unknown_logged=raw.get(Field.UNKNOWN_LOGGED) == "1",
+            unknown_polls=_int(raw.get(Field.UNKNOWN_POLLS)) or 0,
+            result_waits=_int(raw.get(Field.RESULT_WAITS)) or 0,
+            result_logged=raw.get(Field.RESULT_LOGGED) == "1",
+            range_logged=raw.get(Field.RANGE_LOGGED) == "1",
             answered=_chains(raw, ChainField.ANSWERED),
             callbacks_done=frozenset(
                 t for t, v in _chain_values(raw, ChainField.CALLBACK_DONE).items() if v == "done"

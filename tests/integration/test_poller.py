@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
 
-from clipia_tasks.client import StatusSnapshot
+from clipia_tasks.client import ResultNotReady, StatusSnapshot
 from clipia_tasks.errors import PollTimeoutError, RetryableApiError
 from clipia_tasks.policy import BackoffPolicy
 from clipia_tasks.poller import Again, Finish, Poller, Stale
-from clipia_tasks.record import RecordStore, RequestState
+from clipia_tasks.record import Field, RecordStore, RequestState, record_key
 from clipia_tasks.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -28,13 +30,24 @@ class Clock:
         return self.now
 
 
-class ScriptedClient:
-    """Answers status/result calls from a list; counts calls."""
+#: What the result endpoint answers while a request runs (the documented 202).
+NOT_READY = ResultNotReady(202, "IN_PROGRESS")
 
-    def __init__(self, statuses: list[Any], result: dict[str, Any] | None = None) -> None:
+
+class ScriptedClient:
+    """Answers status calls from a list (the last repeats) and result calls alike; counts calls.
+
+    A status item is a status, ``(status, queue_position, progress)`` or an exception.
+    """
+
+    def __init__(
+        self,
+        statuses: list[Any],
+        result: dict[str, Any] | ResultNotReady = NOT_READY,
+    ) -> None:
         self.key_fingerprint = uuid.uuid4().hex  # per-key pauses must not leak across tests
         self.statuses = list(statuses)
-        self.result_body = result
+        self.result_answer = result
         self.status_calls = 0
         self.result_calls = 0
 
@@ -43,11 +56,13 @@ class ScriptedClient:
         item = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
         if isinstance(item, Exception):
             raise item
+        if isinstance(item, tuple):
+            return StatusSnapshot(rid, *item)
         return StatusSnapshot(rid, item, None, None)
 
-    def result(self, rid: str) -> dict[str, Any] | None:
+    def result(self, rid: str) -> dict[str, Any] | ResultNotReady:
         self.result_calls += 1
-        return self.result_body
+        return self.result_answer
 
 
 @pytest.fixture
@@ -55,7 +70,13 @@ def store(redis_server: Any) -> RecordStore:
     return RecordStore(redis.Redis.from_url(redis_server.url, decode_responses=True), ttl_s=600)
 
 
-def make(store: RecordStore, client: ScriptedClient, clock: Clock, **settings: Any) -> Poller:
+def make(
+    store: RecordStore,
+    client: ScriptedClient,
+    clock: Clock,
+    rng: Callable[[], float] = lambda: 0.0,
+    **settings: Any,
+) -> Poller:
     delivered: list[RequestState] = []
     # Every value pinned: the environment of other tests must not leak in.
     pinned: dict[str, Any] = {"poll_interval_s": 1.0, "poll_max_interval_s": 10.0,
@@ -63,7 +84,7 @@ def make(store: RecordStore, client: ScriptedClient, clock: Clock, **settings: A
                               "http_timeout_s": 10.0}
     s = Settings(**(pinned | settings))
     poller = Poller(s, store, lambda: client, BackoffPolicy(1.0, 10.0, rng=lambda: 0.0),
-                    delivered.append, clock=clock)
+                    delivered.append, clock=clock, rng=rng)
     poller.delivered = delivered  # type: ignore[attr-defined]
     return poller
 
@@ -79,7 +100,8 @@ def test_unknown_status_is_not_terminal_and_logged_once(
         step = poller.step(rid, "t1", retries, clock.now)
         assert isinstance(step, Again)
         clock.now += step.countdown_s
-    assert client.status_calls == 4 and client.result_calls == 0
+    # (the third poll also asks the result endpoint whether it ended: see below)
+    assert client.status_calls == 4 and client.result_calls == 1
     assert sum("PAUSED" in r.getMessage() for r in caplog.records) == 1
 
 
@@ -272,3 +294,186 @@ def test_the_gap_counts_from_the_answer_and_from_an_unanswered_call_plus_a_margi
     assert isinstance(poller.step(rid, "t1", 2, clock.now), Again)  # the re-sent message
     assert len(client.sent) == 3
     assert all(b - a >= 1.0 for a, b in itertools.pairwise(client.sent))
+
+
+def follow(
+    poller: Poller, clock: Clock, rid: str, messages: int = 10_000
+) -> tuple[Any, list[float]]:
+    """Run chain ``t1`` of ``rid`` as a worker would, for at most ``messages`` messages.
+
+    Answers the last step and the countdowns of every ``Again`` on the way.
+    """
+    step: Any = None
+    countdowns: list[float] = []
+    for retries in range(messages):
+        step = poller.step(rid, "t1", retries, clock.now if retries == 0 else None)
+        if not isinstance(step, Again):
+            break
+        countdowns.append(round(step.countdown_s, 3))
+        clock.now += step.countdown_s
+    return step, countdowns
+
+
+def test_a_202_after_a_terminal_status_gets_three_quick_retries_then_backs_off(
+    store: RecordStore,
+) -> None:
+    # Given /status says COMPLETED but the result endpoint keeps answering 202
+    rid, clock = str(uuid.uuid4()), Clock()
+    client = ScriptedClient(["COMPLETED"], result=ResultNotReady(202, "IN_PROGRESS"))
+    poller = make(store, client, clock)  # interval 1 s, max interval 10 s
+    # When the chain runs six messages
+    step, countdowns = follow(poller, clock, rid, messages=6)
+    # Then the documented race gets three retries after 0.5 s, then the wait doubles
+    assert countdowns == [0.5, 0.5, 0.5, 1.0, 2.0, 4.0]
+    assert (client.status_calls, client.result_calls) == (1, 6)
+    # and after six answers without a result the terminal status itself is asked again
+    assert "asking /status again" in step.note
+    assert isinstance(poller.step(rid, "t1", 6, None), Again)
+    assert (client.status_calls, client.result_calls) == (2, 7)
+
+
+def test_a_result_200_that_is_not_terminal_backs_off_and_is_logged_once(
+    store: RecordStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given /status says COMPLETED but the result endpoint answers 200 with IN_PROGRESS
+    rid, clock = str(uuid.uuid4()), Clock()
+    client = ScriptedClient(["COMPLETED"], result=ResultNotReady(200, "IN_PROGRESS"))
+    poller = make(store, client, clock)
+    caplog.set_level(logging.WARNING, logger="clipia_tasks")
+    # When the chain runs eight messages
+    _, countdowns = follow(poller, clock, rid, messages=8)
+    # Then no quick retries: the wait doubles from 0.5 s up to the max interval
+    assert countdowns == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0]
+    # with one WARNING for the request, naming it and what the API answered
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert rid in warnings[0] and "HTTP 200" in warnings[0] and "IN_PROGRESS" in warnings[0]
+    # and after six such answers, each result call follows a /status call that said terminal
+    assert (client.status_calls, client.result_calls) == (3, 8)
+
+
+def test_a_result_endpoint_that_never_finishes_costs_bounded_calls_and_the_timeout_says_why(
+    store: RecordStore,
+) -> None:
+    # Given /status says COMPLETED and the result endpoint never has the result
+    rid, clock = str(uuid.uuid4()), Clock()
+    client = ScriptedClient(["COMPLETED"], result=ResultNotReady(200, "IN_PROGRESS"))
+    poller = make(store, client, clock, poll_timeout_s=120)
+    # When the chain runs until the deadline
+    step, _ = follow(poller, clock, rid)
+    # Then after six result tries each result call follows a /status call that said
+    # terminal, at the max interval: under 30 calls in 120 s, not 240 (one per 0.5 s)
+    assert client.result_calls == 6 + (client.status_calls - 1)
+    assert client.status_calls + client.result_calls <= 30
+    # and the timeout names the real cause instead of suggesting a longer timeout
+    assert isinstance(step, Finish) and isinstance(step.error, PollTimeoutError)
+    assert step.error.cause == PollTimeoutError.RESULT_NOT_TERMINAL
+    assert "result endpoint" in str(step.error) and rid in str(step.error)
+    assert "raise CLIPIA_POLL_TIMEOUT" not in str(step.error)
+
+
+def test_an_unknown_status_asks_the_result_after_three_polls_and_records_a_terminal_one(
+    store: RecordStore,
+) -> None:
+    # Given /status keeps answering DONE (not in the API docs), and the request has finished
+    rid, clock = str(uuid.uuid4()), Clock()
+    body = {"request_id": rid, "status": "COMPLETED", "output": {"images": []}}
+    client = ScriptedClient(["DONE"], result=body)
+    poller = make(store, client, clock)
+    # When the chain runs
+    step, _ = follow(poller, clock, rid)
+    # Then the third poll asks the result endpoint once, and its answer is the outcome
+    assert isinstance(step, Finish) and step.result == body
+    assert (client.status_calls, client.result_calls) == (3, 1)
+    state = store.get(rid)
+    assert state is not None and state.outcome == "COMPLETED"
+    assert len(poller.delivered) == 1  # type: ignore[attr-defined]
+
+
+def test_an_unknown_status_without_a_result_backs_off_and_asks_again_every_third_poll(
+    store: RecordStore,
+) -> None:
+    # Given /status keeps answering DONE and the result endpoint answers 202
+    rid, clock = str(uuid.uuid4()), Clock()
+    client = ScriptedClient(["DONE"])
+    poller = make(store, client, clock)  # interval 1 s, max interval 10 s
+    # When the chain runs nine messages
+    _, countdowns = follow(poller, clock, rid, messages=9)
+    # Then /status is polled with a doubling backoff, and the result asked every third poll
+    assert countdowns == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0, 10.0, 10.0]
+    assert (client.status_calls, client.result_calls) == (9, 3)
+
+
+def test_a_deadline_reached_on_an_unknown_status_says_so(store: RecordStore) -> None:
+    # Given /status keeps answering DONE and the result endpoint never has a result
+    rid, clock = str(uuid.uuid4()), Clock()
+    client = ScriptedClient(["DONE"])
+    poller = make(store, client, clock, poll_timeout_s=60)
+    # When the chain runs until the deadline
+    step, _ = follow(poller, clock, rid)
+    # Then the timeout names the undocumented status, not the length of the generation
+    assert isinstance(step, Finish) and isinstance(step.error, PollTimeoutError)
+    assert step.error.cause == PollTimeoutError.UNKNOWN_STATUS
+    assert "'DONE'" in str(step.error) and "do not list" in str(step.error)
+    assert "raise CLIPIA_POLL_TIMEOUT" not in str(step.error)
+
+
+def test_pollers_paused_together_wake_at_distinct_moments_after_the_pause(
+    store: RecordStore,
+) -> None:
+    # Given a 429 with Retry-After 20 s on one request of a key
+    clock = Clock()
+    client = ScriptedClient([RetryableApiError("x", "Clipia answered HTTP 429 "
+                                               "rate_limit_exceeded", 20.0, 429), "IN_PROGRESS"])
+    poller = make(store, client, clock, rng=random.Random(7).random)
+    assert isinstance(poller.step(str(uuid.uuid4()), "t0", 0, clock.now), Again)
+    pause_end = store.pause_until(client.key_fingerprint)
+    assert pause_end == clock.now + 20
+    # When 50 other requests of the same key come up 1 s into the pause
+    clock.now += 1
+    wakes = []
+    for i in range(50):
+        step = poller.step(str(uuid.uuid4()), f"t{i}", 0, clock.now)
+        assert isinstance(step, Again) and "rate limited" in step.note
+        wakes.append(clock.now + step.countdown_s)
+    # Then none calls the API, none wakes before the pause ends, and no two wake together:
+    # they spread over 10 % of the 19 s left (1.9 s; at least 1 s)
+    assert client.status_calls == 1
+    assert min(wakes) >= pause_end and max(wakes) <= pause_end + 1.9
+    assert len(set(wakes)) == 50
+    assert max(wakes) - min(wakes) > 1.5
+
+
+def test_progress_and_queue_position_out_of_range_are_clamped_and_logged_once(
+    store: RecordStore, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clipia_tasks import _runtime
+    from clipia_tasks.state import get_state
+
+    monkeypatch.setattr(_runtime, "get_store", lambda: store)
+    # Given /status answers a queue position of -5, then a progress of 150, twice
+    rid, clock = str(uuid.uuid4()), Clock()
+    client = ScriptedClient([("IN_QUEUE", -5, None), ("IN_PROGRESS", None, 150),
+                             ("IN_PROGRESS", None, 150)])
+    poller = make(store, client, clock)
+    caplog.set_level(logging.WARNING, logger="clipia_tasks")
+    shown = []
+    for retries in range(3):
+        # When each answer is polled
+        step = poller.step(rid, "t1", retries, clock.now if retries == 0 else None)
+        assert isinstance(step, Again)
+        clock.now += step.countdown_s
+        state = get_state(rid)
+        assert state is not None
+        shown.append((state.queue_position, state.progress))
+        # Then the web app never sees a value outside the documented range, nor does the policy
+        assert all(0 <= (o.queue_position or 0) and 0 <= (o.progress or 0) <= 100
+                   for o in state.history)
+    assert shown == [(0, None), (None, 100), (None, 100)]
+    # and one WARNING for the request names it and the raw value
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and rid in warnings[0] and "-5" in warnings[0]
+    # and a value written unclamped (by a worker from before the fix) reads clamped too
+    store.redis.hset(record_key(rid), mapping={Field.PROGRESS: "150", Field.QUEUE_POSITION: "-5"})
+    state = get_state(rid)
+    assert state is not None and (state.queue_position, state.progress) == (0, 100)

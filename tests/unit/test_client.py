@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from clipia_tasks import errors
-from clipia_tasks.client import ClipiaClient
+from clipia_tasks.client import ClipiaClient, ResultNotReady
 
 ID = "764cabcf-b745-4b3e-ae38-1200304cf45b"
 KEY = "clipia_live_topsecret123"
@@ -118,7 +118,17 @@ def test_result_202_means_not_ready_and_200_returns_the_whole_body() -> None:
                                   "output": {"images": []}, "cost": 3, "new_field": True}),
     ])
     client = client_for(lambda r: next(bodies))
-    assert client.result(ID) is None
+    assert client.result(ID) == ResultNotReady(202, "IN_PROGRESS")
     body = client.result(ID)
-    assert body is not None and body["new_field"] is True and body["cost"] == 3
+    assert isinstance(body, dict) and body["new_field"] is True and body["cost"] == 3
     assert json.dumps(body)  # JSON-ready for the result backend
+
+
+def test_a_result_200_whose_status_is_not_terminal_is_told_apart_from_the_202_race() -> None:
+    # Given a result endpoint that answers 200 with a body still IN_PROGRESS
+    client = client_for(lambda r: httpx.Response(
+        200, json={"request_id": ID, "status": "IN_PROGRESS", "output": None}))
+    # When the result is asked
+    answer = client.result(ID)
+    # Then it is not a result, and says it came as a 200 (the poller backs off for it)
+    assert answer == ResultNotReady(200, "IN_PROGRESS")

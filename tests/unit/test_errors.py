@@ -24,6 +24,9 @@ SAMPLES = [
     errors.RequestCanceledError(ID, "CANCELED", "canceled", "Canceled in the web UI"),
     errors.PollTimeoutError(ID, 12.5, "IN_PROGRESS"),
     errors.PollTimeoutError(ID, 3.0, "SUBMITTED", "ConnectError: [Errno 111] refused"),
+    errors.PollTimeoutError(ID, 60.0, "DONE", "", errors.PollTimeoutError.UNKNOWN_STATUS),
+    errors.PollTimeoutError(ID, 60.0, "COMPLETED", "",
+                            errors.PollTimeoutError.RESULT_NOT_TERMINAL),
     errors.RedisUnavailableError("redis://:***@cache:6379/0", "ConnectionError"),
     errors.PollPending("IN_PROGRESS 42 %, next poll in 3.1 s"),
     errors.ConfigurationError("CLIPIA_API_KEY is not set"),
@@ -56,6 +59,21 @@ def test_messages_name_the_request_and_the_api_code() -> None:
     assert "ConnectError: refused" in failing and "CLIPIA_BASE_URL" in failing
     down = str(errors.RedisUnavailableError("redis://cache:6379/0", "ConnectionError"))
     assert "redis://cache:6379/0" in down and "REDIS_URL" in down and "nothing was enqueued" in down
+
+
+def test_a_timeout_with_a_cause_names_it_instead_of_suggesting_a_longer_timeout() -> None:
+    # Given the deadline passed while the status was undocumented, or the result never came
+    unknown = errors.PollTimeoutError(ID, 60.0, "DONE", "", errors.PollTimeoutError.UNKNOWN_STATUS)
+    no_result = errors.PollTimeoutError(ID, 60.0, "COMPLETED", "",
+                                        errors.PollTimeoutError.RESULT_NOT_TERMINAL)
+    # Then each message says what happened, and neither suggests raising the timeout
+    assert "'DONE'" in str(unknown) and "do not list" in str(unknown)
+    assert "/status said COMPLETED" in str(no_result) and "result endpoint" in str(no_result)
+    for exc in (unknown, no_result):
+        assert ID in str(exc) and "60.0 s" in str(exc)
+        assert "raise CLIPIA_POLL_TIMEOUT" not in str(exc)
+    # while a plain long generation still gets that advice
+    assert "raise CLIPIA_POLL_TIMEOUT" in str(errors.PollTimeoutError(ID, 60.0, "IN_PROGRESS"))
 
 
 def test_callers_can_catch_failures_by_class() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import SecretStr
 
 from clipia_tasks.celery_app import celery_config
 from clipia_tasks.errors import ConfigurationError
@@ -33,6 +34,33 @@ def test_both_key_names_are_read_and_the_key_never_shows(monkeypatch: pytest.Mon
     assert KEY not in repr(settings) and KEY not in str(settings)
     monkeypatch.setenv("CLIPIA_API_KEY", "clipia_test_other")
     assert load_settings().require_api_key() == "clipia_test_other"
+
+
+def test_secrets_lose_the_whitespace_a_secret_file_or_a_dotenv_line_leaves(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory
+) -> None:
+    # Given secrets ending in a newline: from a mounted file, and from quoted .env lines
+    monkeypatch.setenv("CLIPIA_WEBHOOK_SECRET", "whsec_abc123\n")
+    (tmp_path / ".env").write_text(  # type: ignore[operator]
+        'CLIPIA_CALLBACK_SECRET="cb_secret\n"\nCLIPIA_API_KEY=" clipia_live_s3cr3tvalue\n"\n'
+    )
+    # When the settings are read
+    settings = load_settings()
+    # Then each secret is exactly the secret (a webhook signed with it verifies)
+    assert settings.require_webhook_secret() == "whsec_abc123"
+    assert settings.require_callback_secret() == "cb_secret"
+    assert settings.require_api_key() == KEY
+    # and stays a SecretStr that never shows
+    for name in ("api_key", "callback_secret", "webhook_secret"):
+        assert isinstance(getattr(settings, name), SecretStr)
+    for value in ("whsec_abc123", "cb_secret", KEY):
+        assert value not in repr(settings) and value not in str(settings)
+
+
+def test_a_secret_of_only_whitespace_counts_as_not_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIPIA_WEBHOOK_SECRET", " \n")
+    with pytest.raises(ConfigurationError, match="CLIPIA_WEBHOOK_SECRET is not set"):
+        load_settings().require_webhook_secret()
 
 
 def test_a_missing_key_is_one_clear_message() -> None:
