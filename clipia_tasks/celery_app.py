@@ -56,11 +56,20 @@ def _ssl_options(url: str) -> dict[str, Any] | None:
     return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
+def _transport_for(url: str) -> str:
+    scheme = urlsplit(url).scheme
+    name = "SentinelTransport" if scheme == "sentinel" else "Transport"
+    return f"clipia_tasks.transport:{name}"
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings this package relies on, from our settings."""
     transport = {"visibility_timeout": settings.visibility_timeout_s}
     config: dict[str, Any] = {
         "broker_url": settings.broker,
+        # kombu's Redis transport with the fix that keeps workers up through a Redis
+        # restart or failover (clipia_tasks/transport.py).
+        "broker_transport": _transport_for(settings.broker),
         "result_backend": settings.backend,
         # JSON only: nothing that can execute code crosses the broker.
         "task_serializer": "json",
@@ -147,6 +156,9 @@ def _check_at_worker_start(sender: Any = None, instance: Any = None, **_: Any) -
         settings = check_worker_settings()
     except ConfigurationError as exc:
         _config_error_exit(exc, "worker")
+    from .transport import check_kombu_version
+
+    check_kombu_version()
     if settings.metrics_port:
         from .metrics import prepare_multiprocess_dir, serve_metrics
 

@@ -39,14 +39,23 @@ def configure_process(env: Mapping[str, str]) -> None:
     here use the same Redis as the workers started with ``env``.
     """
     from . import _runtime
-    from .celery_app import app
+    from .celery_app import app, celery_config
     from .settings import get_settings, reset_settings
 
     os.environ.update(env)
     reset_settings()
     _runtime.reset()
     settings = get_settings()
-    app.conf.update(broker_url=settings.broker, result_backend=settings.backend)
+    changed = (app.conf.broker_url, app.conf.result_backend) != (settings.broker,
+                                                                   settings.backend)
+    app.conf.update(broker_url=settings.broker, result_backend=settings.backend,
+                    broker_transport=celery_config(settings)["broker_transport"])
+    if changed:
+        # Connections already made point at the old Redis: drop them (what Celery
+        # itself does after a fork), so the next call connects to the new one.
+        app._after_fork()
+        app._backend_cache = None
+        app._local.__dict__.pop("backend", None)
 
 
 class _Process:
