@@ -32,6 +32,7 @@ from .errors import (
     NetworkError,
     PermissionDeniedError,
     PollTimeoutError,
+    RedisFullError,
     RedisUnavailableError,
     RequestCanceledError,
     RequestFailedError,
@@ -40,6 +41,7 @@ from .errors import (
     TransientError,
 )
 from .record import RequestState
+from .resume import ResumeAction, Resumed, resume
 from .settings import Settings, get_settings
 from .state import get_state
 from .submit import Submission, submit
@@ -55,11 +57,14 @@ __all__ = [
     "NetworkError",
     "PermissionDeniedError",
     "PollTimeoutError",
+    "RedisFullError",
     "RedisUnavailableError",
     "RequestCanceledError",
     "RequestFailedError",
     "RequestNotFoundError",
     "RequestState",
+    "ResumeAction",
+    "Resumed",
     "RetryableApiError",
     "Settings",
     "Submission",
@@ -71,5 +76,6 @@ __all__ = [
     "get_state",
     "install",
     "poll_request",
+    "resume",
     "submit",
 ]

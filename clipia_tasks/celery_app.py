@@ -156,9 +156,16 @@ def _check_at_worker_start(sender: Any = None, instance: Any = None, **_: Any) -
         settings = check_worker_settings()
     except ConfigurationError as exc:
         _config_error_exit(exc, "worker")
-    from .transport import check_kombu_version
+    from . import _runtime
+    from .redis_health import check_epoch
+    from .transport import after_reconnect, check_kombu_version
 
     check_kombu_version()
+    # At the first broker connection and after every reconnect: did Redis lose its data?
+    def _check_epoch() -> None:
+        check_epoch(_runtime.get_store())
+
+    after_reconnect.append(_check_epoch)
     if settings.metrics_port:
         from .metrics import prepare_multiprocess_dir, serve_metrics
 

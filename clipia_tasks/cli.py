@@ -1,4 +1,5 @@
-"""The ``clipia-tasks`` command: ``demo``, ``watch``, ``status``, ``doctor``, ``simulator``.
+"""The ``clipia-tasks`` command: ``demo``, ``watch``, ``status``, ``resume``, ``doctor``,
+``simulator``.
 
 Exit codes: 0 success (the watched request COMPLETED; the status call answered;
 every doctor check passed; the demo ran as scripted), 1 the watched request
@@ -254,6 +255,27 @@ def _cmd_status(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+# -- resume ------------------------------------------------------------------
+
+
+def _cmd_resume(args: argparse.Namespace, console: Console) -> int:
+    from .resume import resume
+
+    done = resume(args.request_ids, callback_url=args.callback_url)
+    if args.json:
+        print(json.dumps([{"request_id": r.request_id, "action": r.action,
+                           "task_id": r.result.id if r.result is not None else None}
+                          for r in done]))
+        return EXIT_OK
+    table = Table(title="clipia-tasks resume")
+    for col in ("request", "action", "task"):
+        table.add_column(col)
+    for r in done:
+        table.add_row(r.request_id, r.action, r.result.id if r.result is not None else "-")
+    console.print(table)
+    return EXIT_OK
+
+
 # -- doctor ------------------------------------------------------------------
 
 
@@ -361,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="one status call for a request id, printed")
     status.add_argument("request_id")
     status.add_argument("--json", action="store_true", help="print only JSON (for scripts)")
+    resume = sub.add_parser("resume", help="follow ids again after Redis lost its data "
+                            "(ids that ended are left alone)")
+    resume.add_argument("request_ids", nargs="+", metavar="ID")
+    resume.add_argument("--callback-url", default=None)
+    resume.add_argument("--json", action="store_true", help="print only JSON (for scripts)")
     doctor = sub.add_parser("doctor", help="check settings, Redis, the key, the API, workers")
     doctor.add_argument("--json", action="store_true", help="print only JSON (for scripts)")
     simulator = sub.add_parser("simulator", help="run the offline Clipia API simulator")
@@ -390,6 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_status(args, console)
         if args.command == "doctor":
             return _cmd_doctor(args, console)
+        if args.command == "resume":
+            return _cmd_resume(args, console)
         return _cmd_watch(args, console)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -5,6 +5,7 @@ The tree::
     ClipiaTasksError
      ├── ConfigurationError        a setting is missing or malformed (worker start, call site)
  ├── RedisUnavailableError     Redis (broker or records) cannot be reached from this process
+     │    └── RedisFullError       Redis refuses writes: maxmemory reached (noeviction)
      ├── TransientError            nothing usable came back; poll again later (never final)
      │    ├── NetworkError         connection refused / reset / timed out
      │    ├── MalformedResponseError  a 2xx whose body is not what the API documents
@@ -43,6 +44,7 @@ __all__ = [
     "PermissionDeniedError",
     "PollPending",
     "PollTimeoutError",
+    "RedisFullError",
     "RedisUnavailableError",
     "RequestCanceledError",
     "RequestFailedError",
@@ -78,6 +80,20 @@ class RedisUnavailableError(ClipiaTasksError):
         return (
             f"cannot reach Redis at {self.url} ({self.reason}); nothing was enqueued or read: "
             "start Redis or fix REDIS_URL (or CELERY_BROKER_URL / CELERY_RESULT_BACKEND)"
+        )
+
+
+class RedisFullError(RedisUnavailableError):
+    """Redis answers but refuses writes: it reached ``maxmemory`` (policy ``noeviction``).
+
+    Nothing was enqueued. ``url`` is the URL tried, password redacted.
+    """
+
+    def __str__(self) -> str:
+        return (
+            f"Redis at {self.url} is out of memory ({self.reason}); nothing was enqueued: "
+            "free memory or raise maxmemory there (keep maxmemory-policy noeviction), "
+            "then call again"
         )
 
 

@@ -16,8 +16,11 @@ __all__ = ["get_state"]
 def get_state(request_id: str) -> RequestState | None:
     """The latest status, queue position, progress and poll times of a request.
 
-    ``None`` when no poller has seen the id yet (or its record expired after
-    ``CLIPIA_RECORD_TTL``). Raises ``ValueError`` for an id that is not a UUID and
+    ``None`` when Redis has no record of the id: never enqueued, expired after
+    ``CLIPIA_RECORD_TTL``, or lost with Redis's data (then :func:`clipia_tasks.resume`
+    follows it again). An id enqueued but not polled yet has a state with status
+    ``SUBMITTED`` and ``polls`` 0: ``delay()`` records it before it returns. Raises
+    ``ValueError`` for an id that is not a UUID and
     :class:`~clipia_tasks.errors.RedisUnavailableError` when Redis does not answer.
     """
     request_id = check_request_id(request_id)

@@ -10,8 +10,10 @@ beat) re-sends chains whose messages were lost.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+import uuid
 from typing import Any
 
 import redis
@@ -23,16 +25,18 @@ from . import _runtime
 from .callbacks import check_callback_url, delivery_id
 from .celery_app import CALLBACK_TASK_NAME, POLL_TASK_NAME, SWEEP_TASK_NAME, app
 from .delivery import CallbackDone, attempt_callback, chain_answered
-from .errors import PollPending, RedisUnavailableError
+from .errors import PollPending, RedisFullError, RedisUnavailableError
 from .nouns import check_request_id
 from .poller import Again, Finish, get_poller
+from .redis_health import MEMORY, is_out_of_memory
 from .settings import get_settings, redact_url
 
 __all__ = ["PollRequestTask", "deliver_callback", "install", "poll_request", "sweep"]
 
 log = logging.getLogger("clipia_tasks.tasks")
 
-_POLL_KWARGS = {"request_id", "enqueued_at", "callback_url"}
+#: The keyword arguments ``poll_request`` takes (besides ``request_id``).
+POLL_KWARGS = frozenset({"request_id", "enqueued_at", "callback_url"})
 
 
 class _NoRetryStateBackend:
@@ -99,7 +103,7 @@ class PollRequestTask(Task):  # type: ignore[misc]
             raise TypeError("poll_request needs a request_id")
         if len(args) > 1:
             raise TypeError("poll_request takes request_id positionally; pass the rest by name")
-        unknown = set(kwargs) - _POLL_KWARGS
+        unknown = set(kwargs) - POLL_KWARGS
         if unknown:
             raise TypeError(
                 f"poll_request got unexpected arguments {sorted(unknown)}; "
@@ -110,9 +114,24 @@ class PollRequestTask(Task):  # type: ignore[misc]
             get_settings().require_callback_secret()
         # The deadline counts from the first enqueue; retries keep this value.
         kwargs.setdefault("enqueued_at", time.time())
+        first_message = not options.get("retries")
+        request_id = args[0] if args else kwargs["request_id"]
+        if first_message:
+            # Known to the sweep before it is published: a message lost anywhere
+            # between here and its first run (a full Redis, a crash) is re-sent.
+            options["task_id"] = options.get("task_id") or str(uuid.uuid4())
+            created = self._register(request_id, options["task_id"], kwargs["enqueued_at"],
+                                     options)
         try:
             return super().apply_async(args, kwargs, *more, **options)
         except (OperationalError, redis.RedisError, RuntimeError) as exc:
+            if first_message:
+                with contextlib.suppress(redis.RedisError):  # deletes: allowed when full
+                    _runtime.get_store().unregister(request_id, options["task_id"],
+                                                    created=created)
+            if is_out_of_memory(exc):
+                raise RedisFullError(redact_url(self.app.conf.broker_url),
+                                     "maxmemory reached") from exc
             # Celery says "Retry limit exceeded ... result store backend" or a bare
             # connection error; say which Redis, and that nothing was enqueued
             # (the backend is set up before the message is published).
@@ -120,6 +139,23 @@ class PollRequestTask(Task):  # type: ignore[misc]
             if url is None:
                 raise
             raise RedisUnavailableError(redact_url(url), type(exc).__name__) from exc
+
+    def _register(
+        self, request_id: str, task_id: str, enqueued_at: float, options: dict[str, Any]
+    ) -> bool:
+        """Make the chain known to the sweep; True if this created the request's record."""
+        settings = get_settings()
+        now = time.time()
+        eta = options.get("eta")
+        due_at = eta.timestamp() if eta is not None else now + float(options.get("countdown") or 0)
+        try:
+            return _runtime.get_store().register(
+                request_id, task_id, first_enqueued_at=enqueued_at, due_at=due_at)
+        except redis.RedisError as exc:
+            url = redact_url(settings.backend)
+            if is_out_of_memory(exc):
+                raise RedisFullError(url, "maxmemory reached") from exc
+            raise RedisUnavailableError(url, type(exc).__name__) from exc
 
     def after_return(
         self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -179,10 +215,13 @@ def _poll_request(
             request_id, self.request.id, self.request.retries or 0, enqueued_at
         )
     except redis.RedisError as exc:
-        # Redis (records and broker) is away. Try again shortly; if even that
-        # cannot be published, drop this message: the record is intact and the
-        # sweep re-sends the chain once Redis is back.
-        log.warning("request %s: Redis unavailable (%s); retrying", request_id, exc)
+        # Redis (records and broker) is away or full. Try again shortly; if even
+        # that cannot be published, drop this message: the chain is in the sweep's
+        # index (registered before its first message), which re-sends it later.
+        if is_out_of_memory(exc):
+            MEMORY.refused(f"following request {request_id}")
+        else:
+            log.warning("request %s: Redis unavailable (%s); retrying", request_id, exc)
         try:
             raise self.retry(countdown=2.0, max_retries=None,
                              exc=PollPending("Redis unavailable, retrying")) from None
@@ -190,6 +229,7 @@ def _poll_request(
             raise
         except Exception:
             raise Ignore("Redis unavailable; the sweep resumes this chain") from None
+    MEMORY.cleared()
     if isinstance(step, Finish):
         if step.error is not None:
             raise step.error

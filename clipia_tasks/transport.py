@@ -25,12 +25,20 @@ c. every new channel (the consumer's reconnect makes one) first moves those
    tags back to their queues (``restore_by_tag``), so the worker fetches the
    messages again and runs each at its original ETA, once.
 
-Also, kombu pops a message and records it as unacknowledged in separate
-commands; Redis refusing the second with ``OutOfMemoryError`` (``maxmemory``
-reached with ``noeviction``) would end the worker. ``QoS.append`` turns it into a
-connection error: the consumer reconnects, and the message it could not
-record is re-sent by the sweep (every chain is registered before its first
-message is published, see :mod:`clipia_tasks.tasks`).
+Also, a Redis that reached ``maxmemory`` (``noeviction``) refuses writes with
+``OutOfMemoryError``, which would end the worker wherever the consumer writes:
+
+* kombu pops a message and records it as unacknowledged in separate commands:
+  ``QoS.append`` turns a refusal into a connection error, the consumer
+  reconnects, and the message it could not record is re-sent by the sweep
+  (every chain is registered before its first message is published, see
+  :mod:`clipia_tasks.tasks`);
+* ``QoS.restore_visible`` (a lock and a move, at every reconnect and now and
+  then) skips the round; ``QoS.reject`` with requeue keeps the tag for the
+  next reconnect;
+* anywhere else (declaring queues at a reconnect, say), ``OutOfMemoryError`` —
+  and ``ReadOnlyError``, a replica still answering as the old master after a
+  failover — count as connection errors: the consumer reconnects with backoff.
 
 The reproduction that fails without this module is
 ``tests/integration/test_redis_restart.py``. The fix uses kombu internals of the
@@ -41,13 +49,17 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import kombu
 import redis
 from kombu.transport import redis as kombu_redis
 
-__all__ = ["TESTED_KOMBU", "SentinelTransport", "Transport", "check_kombu_version"]
+from .redis_health import MEMORY, is_out_of_memory
+
+__all__ = ["TESTED_KOMBU", "SentinelTransport", "Transport", "after_reconnect",
+           "check_kombu_version"]
 
 log = logging.getLogger("clipia_tasks.transport")
 
@@ -59,6 +71,10 @@ TESTED_KOMBU = ((5, 7),)
 _UNRESTORED: set[str] = set()
 _unrestored_lock = threading.Lock()
 
+#: Called (without arguments) each time a channel is open, after held messages are
+#: restored; the worker checks there whether Redis lost its data. Exceptions are logged.
+after_reconnect: list[Callable[[], None]] = []
+
 
 class QoS(kombu_redis.QoS):
     """Keeps unrestorable tags for later; an out-of-memory refusal is a connection error."""
@@ -67,9 +83,45 @@ class QoS(kombu_redis.QoS):
         try:
             super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
         except redis.exceptions.OutOfMemoryError as exc:
+            MEMORY.refused("recording a fetched message as unacknowledged")
             raise redis.exceptions.ConnectionError(
                 "Redis refused to record a fetched message as unacknowledged: it is out of "
                 "memory (maxmemory reached); reconnecting. The sweep re-sends the message."
+            ) from exc
+        MEMORY.cleared()
+
+    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
+        # An ack is two deletes. kombu sends them in MULTI/EXEC, which a full Redis
+        # refuses whole (queuing a command costs memory); acks that fail leave the
+        # prefetch window full and the consumer stalls. Sent without MULTI, deletes
+        # go through. (restore_by_tag still passes its own transaction.)
+        if pipe is None:
+            with self.channel.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=False)
+        return super()._remove_from_indices(delivery_tag, pipe)  # type: ignore[no-untyped-call]
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        # Takes a lock (SET) and moves messages (LPUSH): both refused when Redis is
+        # full. Skip this round; the messages stay in the unacked hash for the next.
+        try:
+            super().restore_visible(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except redis.RedisError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            MEMORY.refused("restoring messages past the visibility timeout")
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        try:
+            super().reject(delivery_tag, requeue)  # type: ignore[no-untyped-call]
+        except redis.RedisError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            # Still in the unacked hash: put it back on its queue after a reconnect.
+            with _unrestored_lock:
+                _UNRESTORED.add(delivery_tag)
+            MEMORY.refused("requeueing a rejected message")
+            raise redis.exceptions.ConnectionError(
+                "Redis refused to requeue a message: it is out of memory; reconnecting"
             ) from exc
 
     def restore_unacked(self, client: Any = None) -> None:
@@ -116,6 +168,13 @@ class _RestoringChannel:
         log.info("reconnected to the broker: %d held message(s) back in their queues",
                  restored)
 
+    def _after_reconnect(self) -> None:
+        for hook in list(after_reconnect):
+            try:
+                hook()
+            except Exception:
+                log.exception("after-reconnect check failed")
+
 
 class Channel(_RestoringChannel, kombu_redis.Channel):
     QoS = QoS
@@ -123,6 +182,7 @@ class Channel(_RestoringChannel, kombu_redis.Channel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._restore_held_messages()
+        self._after_reconnect()
 
 
 class SentinelChannel(_RestoringChannel, kombu_redis.SentinelChannel):
@@ -131,6 +191,12 @@ class SentinelChannel(_RestoringChannel, kombu_redis.SentinelChannel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._restore_held_messages()
+        self._after_reconnect()
+
+
+#: Redis refusing writes (full) or a replica answering as the old master after a
+#: failover: the consumer reconnects instead of exiting ("Unrecoverable error").
+_RECONNECT_ON = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
 
 
 class Transport(kombu_redis.Transport):
@@ -138,6 +204,7 @@ class Transport(kombu_redis.Transport):
 
     Channel = Channel
     driver_name = "redis"
+    connection_errors = kombu_redis.Transport.connection_errors + _RECONNECT_ON
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):
@@ -145,6 +212,7 @@ class SentinelTransport(kombu_redis.SentinelTransport):
 
     Channel = SentinelChannel
     driver_name = "redis"
+    connection_errors = kombu_redis.SentinelTransport.connection_errors + _RECONNECT_ON
 
 
 def check_kombu_version() -> bool:

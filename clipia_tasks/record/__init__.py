@@ -22,12 +22,15 @@ key                         type    value                         written by    
                                     ``host|pid|task|retries``     ``unlock``       timeout + 5s
 ``clipia:delivering:<id>``  string  lock token                    ``begin_``,      60 s
                                                                   ``end_delivery``
-``clipia:index:chains``     zset    ``"<id> <task_id>"`` scored   ``claim``,       no TTL; left
-                                    by when the chain's next      ``schedule``,    on answer or
-                                    message is due                ``plan``,        expiry
+``clipia:index:chains``     zset    ``"<id> <task_id>"`` scored   ``register``,    no TTL; left
+                                    by when the chain's next      ``claim``,       on answer or
+                                    message is due                ``schedule``,    expiry
+                                                                  ``plan``,
                                                                   ``answer_chain``
 ``clipia:pause:<key tag>``  string  unix s every poller of the    ``pause``        until then
                                     key holds off (after a 429)
+``clipia:epoch``            string  random id; gone = Redis lost  ``start_epoch``  no TTL
+                                    its data (redis_health)       (SET NX)
 ==========================  ======  ============================  ===============  ============
 
 The record TTL is ``CLIPIA_RECORD_TTL``; the key tag is a one-way hash of the key.
@@ -36,14 +39,15 @@ Fields of ``clipia:request:<id>`` (unix s = seconds since the epoch, as text):
 =====================  ===============================================  ==================
 field                  holds                                            written by
 =====================  ===============================================  ==================
-``layout``             layout version of the last writer (1)            claim,
+``layout``             layout version of the last writer (1)            register, claim,
                                                                         note_terminal
-``first_enqueued_at``  unix s of the first enqueue (deadline base)      claim (once),
-                                                                        note_terminal
+``first_enqueued_at``  unix s of the first enqueue (deadline base)      register, claim
+                                                                        (once), note_terminal
 ``deadline_at``        ``first_enqueued_at`` + ``CLIPIA_POLL_TIMEOUT``  claim (once),
                                                                         note_terminal
-``status``             last status seen; ``SUBMITTED`` before one       claim, schedule,
-                                                                        note_terminal, finish
+``status``             last status seen; ``SUBMITTED`` before one       register, claim,
+                                                                        schedule, finish,
+                                                                        note_terminal
 ``queue_position``     last queue position (>= 0), empty if none        schedule
 ``progress``           last progress 0..100, empty if none              schedule
 ``history``            compact recent observations (:mod:`.history`)    schedule
@@ -84,6 +88,11 @@ field                  holds                                            written 
 The transitions, in the order a request meets them
 --------------------------------------------------
 
+``register``
+    ``poll_request.delay`` indexes the chain (and creates the record) before the
+    message is published, so a message lost before its first run is re-sent by
+    the sweep, and ``get_state`` tells "enqueued, not polled yet" (``SUBMITTED``)
+    from "unknown to Redis" (``None``).
 ``claim``
     Every ``poll_request`` message starts here and learns its :class:`Role`:
     ``done`` (the outcome is recorded: answer from it, no API call), ``owner``

@@ -14,6 +14,7 @@ from enum import StrEnum
 __all__ = [
     "CHAINS_KEY",
     "DELIVERY_LOCK_PREFIX",
+    "EPOCH_KEY",
     "KEY_PREFIXES",
     "LAYOUT_VERSION",
     "PAUSE_PREFIX",
@@ -40,9 +41,12 @@ DELIVERY_LOCK_PREFIX = "clipia:delivering:"
 CHAINS_KEY = "clipia:index:chains"
 #: String per API key (a one-way tag of it): a 429 makes every poller of that key hold off.
 PAUSE_PREFIX = "clipia:pause:"
+#: String: a random id a worker writes when it finds none. Gone = Redis lost its data.
+EPOCH_KEY = "clipia:epoch"
 
 #: Every key and key prefix above (a test checks each is documented).
-KEY_PREFIXES = (REQUEST_PREFIX, POLL_LOCK_PREFIX, DELIVERY_LOCK_PREFIX, CHAINS_KEY, PAUSE_PREFIX)
+KEY_PREFIXES = (REQUEST_PREFIX, POLL_LOCK_PREFIX, DELIVERY_LOCK_PREFIX, CHAINS_KEY, PAUSE_PREFIX,
+                EPOCH_KEY)
 
 
 class Field(StrEnum):

@@ -24,6 +24,7 @@ import redis
 from .keys import (
     CHAINS_KEY,
     DELIVERY_LOCK_PREFIX,
+    EPOCH_KEY,
     LAYOUT_VERSION,
     PAUSE_PREFIX,
     POLL_LOCK_PREFIX,
@@ -184,6 +185,7 @@ class RecordStore:
         self._answer_chain = script(_lua("answer_chain"))
         self._mark_chain_field = script(_lua("mark_chain_field"))
         self._pause = script(_lua("pause"))
+        self._register = script(_lua("register"))
 
     @classmethod
     def from_url(cls, url: str, *, ttl_s: int) -> RecordStore:
@@ -257,6 +259,36 @@ class RecordStore:
         if fields:
             self._remember_chain(keys=[record_key(request_id)],
                                  args=[self.ttl_s, *_flat(fields)])
+
+    def register(
+        self,
+        request_id: str,
+        task_id: str,
+        *,
+        first_enqueued_at: float,
+        due_at: float,
+    ) -> bool:
+        """Before a chain's first message is published: known to the sweep from now on.
+
+        Creates the record (status ``SUBMITTED``) if the request is new,
+        and indexes the chain as due at ``due_at``; a message lost before its first run
+        is re-sent by the sweep. True if this created the record.
+        """
+        return bool(self._register(
+            keys=[record_key(request_id), CHAINS_KEY],
+            args=[task_id, request_id, repr(first_enqueued_at), self.ttl_s, repr(due_at),
+                  LAYOUT_VERSION],
+        ) == "new")
+
+    def unregister(self, request_id: str, task_id: str, *, created: bool) -> None:
+        """Undo :meth:`register` after the message could not be published.
+
+        Only deletes (allowed even when Redis is full): the chain's index entry, and
+        the record if ``register`` created it.
+        """
+        self.forget_chain(request_id, task_id)
+        if created:
+            self.redis.delete(record_key(request_id))
 
     def claim(
         self,
@@ -447,3 +479,15 @@ class RecordStore:
                       LAYOUT_VERSION],
             )
         )
+
+    # -- the epoch: did Redis lose its data? --------------------------------------
+
+    def epoch(self) -> str | None:
+        """The epoch id workers wrote, or ``None`` if Redis has none (fresh, or data lost)."""
+        value = self.redis.get(EPOCH_KEY)
+        return str(value) if value else None
+
+    def start_epoch(self, epoch: str) -> str:
+        """Write ``epoch`` unless one is there; returns the epoch in effect."""
+        self.redis.set(EPOCH_KEY, epoch, nx=True)
+        return self.epoch() or epoch

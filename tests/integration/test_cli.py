@@ -16,7 +16,7 @@ import pytest
 
 from clipia_tasks import poll_request
 from clipia_tasks.redis_server import free_port
-from tests.conftest import ROOT, TEST_KEY, Worker
+from tests.conftest import ROOT, TEST_KEY, Worker, wait_for
 
 pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "clipia_tasks.cli"]
@@ -96,6 +96,27 @@ def test_watch_follows_a_request_and_prints_json(simulator: Any, worker: Worker,
     run = subprocess.run([*CLI, "watch", "nope"], env=env, capture_output=True, text=True,
                          timeout=60, cwd=ROOT)
     assert run.returncode == 2 and "not a Clipia request id" in run.stdout + run.stderr
+
+
+def test_resume_follows_unknown_ids_and_leaves_ended_ones(
+    simulator: Any, worker: Worker, celery_env: dict[str, str]
+) -> None:
+    from clipia_tasks import get_state, poll_request
+
+    ended = simulator.simulator.create({"run_s": 0.2})
+    poll_request.delay(ended).get(timeout=30)
+    unknown = simulator.simulator.create({"run_s": 0.5})  # never enqueued: Redis has no record
+    env = {**os.environ, **{k: v for k, v in celery_env.items() if k != "CLIPIA_API_KEY"}}
+    run = subprocess.run([*CLI, "resume", unknown, ended, "--json"], env=env,
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    rows = {r["request_id"]: r for r in json.loads(run.stdout)}
+    assert rows[unknown]["action"] == "resumed" and rows[unknown]["task_id"]
+    assert rows[ended] == {"request_id": ended, "action": "already_ended", "task_id": None}
+    wait_for(lambda: (s := get_state(unknown)) is not None and s.outcome == "COMPLETED", 30)
+    bad = subprocess.run([*CLI, "resume", "nope"], env=env, capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert bad.returncode == 2 and "not a Clipia request id" in bad.stdout + bad.stderr
 
 
 def test_status_and_doctor_report_in_json(simulator: Any, worker: Worker,

@@ -5,7 +5,8 @@
 -- ARGV[8] request_id   ARGV[9] run_s (how long this message may take before it is overdue)
 -- ARGV[10] layout version
 -- Reads: outcome, owner, gen, lease_until, w:<task_id>.
--- Writes: first_enqueued_at, deadline_at, status (SUBMITTED, first claim only), layout,
+-- Writes: first_enqueued_at (unless registered), deadline_at and status SUBMITTED (the
+--   first claim only), layout,
 --   gen, w:<task_id>, owner, lease_until, fatal; ZADD chains; EXPIRE record.
 -- Returns 'done' | 'owner' | 'follower' | 'stale'.
 local k, chains = KEYS[1], KEYS[2]
@@ -13,7 +14,10 @@ local task_id, retries, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local enq, timeout, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local member = ARGV[8] .. ' ' .. task_id
 if redis.call('HEXISTS', k, 'outcome') == 1 then return 'done' end
-if redis.call('HSETNX', k, 'first_enqueued_at', ARGV[4]) == 1 then
+redis.call('HSETNX', k, 'first_enqueued_at', ARGV[4])
+if redis.call('HEXISTS', k, 'deadline_at') == 0 then
+  -- The first claim fixes the deadline (first_enqueued_at may come from register).
+  enq = tonumber(redis.call('HGET', k, 'first_enqueued_at'))
   redis.call('HSET', k, 'deadline_at', tostring(enq + timeout))
   redis.call('HSETNX', k, 'status', 'SUBMITTED')
 end
