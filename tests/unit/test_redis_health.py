@@ -74,3 +74,19 @@ def test_out_of_memory_is_recognised_through_wrapping_errors() -> None:
         "Error running script: OOM command not allowed when used memory > 'maxmemory'")
     assert is_out_of_memory(script)
     assert not is_out_of_memory(redis.exceptions.ConnectionError("refused"))
+
+
+def test_the_transport_fix_warns_outside_the_tested_kombu_range(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kombu
+
+    from clipia_tasks import transport
+
+    caplog.set_level(logging.WARNING, logger="clipia_tasks.transport")
+    # The installed kombu is one the fix was tested with (CI would say otherwise)
+    assert transport.check_kombu_version()
+    assert caplog.records == []
+    monkeypatch.setattr(kombu, "__version__", "6.0.0")
+    assert not transport.check_kombu_version()
+    assert "kombu 6.0.0 is outside the range" in caplog.records[0].getMessage()
