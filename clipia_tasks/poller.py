@@ -400,14 +400,9 @@ class Poller:
         rid = state.request_id
         s = self.settings
         fields[Field.STATUS] = status
-        try:
-            answer = self.client.result(rid)
-        except TransientError as exc:
-            return self._after_error(state, task_id, retries, now, deadline, exc, fields)
-        except ApiError as exc:
-            return self._fatal(state, task_id, exc)
+        answer = self._ask_result(state, task_id, retries, now, deadline, fields)
         if not isinstance(answer, ResultNotReady):
-            return self._record_outcome(state, answer, fields, now)
+            return answer
         waits = state.result_waits + 1
         fields[Field.RESULT_WAITS] = waits
         base_s = min(s.poll_interval_s, RESULT_RACE_DELAY_S)
@@ -443,17 +438,31 @@ class Poller:
         note: str,
     ) -> Step:
         """An undocumented status for a while: has the request ended under another name?"""
-        rid = state.request_id
+        answer = self._ask_result(state, task_id, retries, now, deadline, fields)
+        if not isinstance(answer, ResultNotReady):
+            return answer
+        note = f"{note}; result not ready (HTTP {answer.http_status} {answer.status})"
+        return self._schedule(state, task_id, retries, wake, fields, note)
+
+    def _ask_result(
+        self,
+        state: RequestState,
+        task_id: str,
+        retries: int,
+        now: float,
+        deadline: float,
+        fields: dict[str, Any],
+    ) -> Step | ResultNotReady:
+        """One result call: the outcome recorded, an error handled, or "not ready"."""
         try:
-            answer = self.client.result(rid)
+            answer = self.client.result(state.request_id)
         except TransientError as exc:
             return self._after_error(state, task_id, retries, now, deadline, exc, fields)
         except ApiError as exc:
             return self._fatal(state, task_id, exc)
-        if not isinstance(answer, ResultNotReady):
-            return self._record_outcome(state, answer, fields, now)
-        note = f"{note}; result not ready (HTTP {answer.http_status} {answer.status})"
-        return self._schedule(state, task_id, retries, wake, fields, note)
+        if isinstance(answer, ResultNotReady):
+            return answer
+        return self._record_outcome(state, answer, fields, now)
 
     def _record_outcome(
         self, state: RequestState, body: dict[str, Any], fields: dict[str, Any], now: float

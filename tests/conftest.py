@@ -125,6 +125,33 @@ class Beat(BeatProcess):
                          cwd=ROOT)
 
 
+def use_env(env: dict[str, str]) -> None:
+    """Point this (test) process at ``env`` as a web process would: everything but the key."""
+    from clipia_tasks.processes import configure_process
+
+    configure_process({k: v for k, v in env.items() if k != "CLIPIA_API_KEY"})
+
+
+@pytest.fixture
+def own_redis_factory(celery_env: dict[str, str]) -> Iterator[Any]:
+    """Start Redis servers of a test's own (the session's stays up and clean).
+
+    Afterwards they stop, and this process points at the session's Redis again.
+    """
+    from clipia_tasks.redis_server import RedisServer
+
+    started: list[RedisServer] = []
+
+    def start(*, persistent: bool) -> RedisServer:
+        started.append(RedisServer(persistent=persistent).start())
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+    use_env(celery_env)
+
+
 @pytest.fixture(scope="session")
 def worker_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("workers")

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from clipia_tasks.processes import configure_process
 from clipia_tasks.redis_server import RedisServer
-from tests.conftest import TEST_KEY, WORKER_ENV, Beat, Worker, signal_counts, wait_for
+from tests.conftest import TEST_KEY, WORKER_ENV, Beat, Worker, signal_counts, use_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,11 +43,10 @@ def test_a_first_message_lost_before_it_ran_is_resent_by_the_sweep(
 
 
 @pytest.fixture
-def own_redis(celery_env: dict[str, str]) -> Iterator[RedisServer]:
-    server = RedisServer(persistent=False).start()
-    yield server
-    server.stop()
-    configure_process({k: v for k, v in celery_env.items() if k != "CLIPIA_API_KEY"})
+def own_redis(own_redis_factory: Any) -> RedisServer:
+    """A Redis of this test's own, keeping nothing on restart."""
+    server: RedisServer = own_redis_factory(persistent=False)
+    return server
 
 
 def _env(server: RedisServer, simulator: Any) -> dict[str, str]:
@@ -67,7 +64,7 @@ def test_a_full_redis_loses_nothing_and_says_so_once(
     beat = Beat(env, tmp_path).start()
     client = redis.Redis.from_url(own_redis.url, decode_responses=True)
     try:
-        configure_process({k: v for k, v in env.items() if k != "CLIPIA_API_KEY"})
+        use_env(env)
         from clipia_tasks import RedisFullError, get_state, poll_request
 
         # Given 10 requests being followed
@@ -115,7 +112,7 @@ def test_a_redis_that_lost_its_data_is_noticed_and_resume_follows_the_ids_again(
     env = _env(own_redis, simulator)
     worker = Worker(env, tmp_path, name="lost").start()
     try:
-        configure_process({k: v for k, v in env.items() if k != "CLIPIA_API_KEY"})
+        use_env(env)
         from clipia_tasks import ResumeAction, get_state, poll_request, resume
 
         # Given one request done and five in flight, on a Redis without persistence
@@ -132,7 +129,7 @@ def test_a_redis_that_lost_its_data_is_noticed_and_resume_follows_the_ids_again(
         assert "clipia_tasks.resume" in worker.log()
         assert all(get_state(r) is None for r in rids)
         # When the app resumes the ids it still has (and one that ended)
-        configure_process({k: v for k, v in env.items() if k != "CLIPIA_API_KEY"})
+        use_env(env)
         done_again = poll_request.delay(done).get(timeout=20)  # a new record: it ended
         assert done_again["status"] == "COMPLETED"
         outcome = resume([*rids, done])

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from clipia_tasks.processes import configure_process
 from clipia_tasks.redis_server import RedisServer
-from tests.conftest import TEST_KEY, WORKER_ENV, Worker, signal_counts, wait_for
+from tests.conftest import TEST_KEY, WORKER_ENV, Worker, signal_counts, use_env, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -29,12 +27,10 @@ RUN_S = 9.0
 
 
 @pytest.fixture
-def own_redis(celery_env: dict[str, str]) -> Iterator[RedisServer]:
-    """A Redis of this test's own (the session one stays up), AOF on like production."""
-    server = RedisServer(persistent=True).start()
-    yield server
-    server.stop()
-    configure_process({k: v for k, v in celery_env.items() if k != "CLIPIA_API_KEY"})
+def own_redis(own_redis_factory: Any) -> RedisServer:
+    """A Redis of this test's own, AOF on like production."""
+    server: RedisServer = own_redis_factory(persistent=True)
+    return server
 
 
 @pytest.mark.parametrize("down_s", [0.0, 2.0], ids=["restart", "down-2s"])
@@ -47,7 +43,7 @@ def test_a_worker_holding_countdowns_survives_a_redis_restart(
            "CLIPIA_POLL_INTERVAL": str(INTERVAL_S), "CLIPIA_POLL_MAX_INTERVAL": "5"}
     worker = Worker(env, tmp_path, queue="celery", name="restart").start()
     try:
-        configure_process({k: v for k, v in env.items() if k != "CLIPIA_API_KEY"})
+        use_env(env)
         from clipia_tasks import get_state, poll_request
 
         rids = [simulator.simulator.create({"run_s": RUN_S}) for _ in range(5)]
