@@ -208,6 +208,33 @@ def test_the_sentinels_password_is_a_stripped_secret_that_never_shows(
     assert "sentinel-s3cr3t" not in repr(settings) and "sentinel-s3cr3t" not in str(settings)
 
 
+def test_celery_reaches_broker_and_backend_through_the_sentinels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", SENTINEL_URL)
+    monkeypatch.setenv("CLIPIA_SENTINEL_MASTER", "clipia-main")
+    monkeypatch.setenv("CLIPIA_SENTINEL_PASSWORD", "sentinel-s3cr3t")
+    config = celery_config(load_settings())
+    assert config["broker_transport"] == "clipia_tasks.transport:SentinelTransport"
+    broker = config["broker_transport_options"]
+    backend = config["result_backend_transport_options"]
+    assert broker["visibility_timeout"] == 3600  # merged, not replaced
+    assert backend["retry_policy"] == {"timeout": 5.0}
+    for options in (broker, backend):
+        assert options["master_name"] == "clipia-main"
+        assert options["sentinel_kwargs"]["password"] == "sentinel-s3cr3t"
+        assert options["sentinel_kwargs"]["socket_connect_timeout"] > 0
+    # Without a sentinel password, none is sent; a plain Redis gets no Sentinel options
+    monkeypatch.delenv("CLIPIA_SENTINEL_PASSWORD")
+    assert "password" not in celery_config(load_settings())["broker_transport_options"][
+        "sentinel_kwargs"]
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://b:6379/1")
+    config = celery_config(load_settings())
+    assert config["broker_transport"] == "clipia_tasks.transport:Transport"
+    assert "master_name" not in config["broker_transport_options"]
+    assert config["result_backend_transport_options"]["master_name"] == "clipia-main"
+
+
 @pytest.mark.parametrize(
     ("url", "redacted"),
     [
