@@ -12,10 +12,18 @@
 
 The database, user and password come from the first ``sentinel://`` part, as in
 kombu and Celery; a later part that names another one is rejected by the settings.
+
+:class:`FailoverGuard` checks, on a Sentinel-managed Redis only, that the writes the
+completion signals depend on went to the current master and reached a replica
+(``WAIT``) before the signals fire (see :mod:`clipia_tasks.delivery`).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -29,12 +37,16 @@ if TYPE_CHECKING:
 __all__ = [
     "SENTINEL_PORT",
     "SENTINEL_SOCKET_TIMEOUT_S",
+    "FailoverGuard",
     "SentinelUrl",
+    "UnconfirmedWriteError",
     "is_sentinel",
     "parse_sentinel_url",
     "redis_client",
     "sentinel_kwargs",
 ]
+
+log = logging.getLogger("clipia_tasks.connections")
 
 #: The port of a ``sentinel://`` part that names none (Redis Sentinel's default).
 SENTINEL_PORT = 26379
@@ -147,3 +159,136 @@ def redis_client(
         decode_responses=decode_responses,
     )
     return master
+
+
+class UnconfirmedWriteError(redis.ConnectionError):
+    """A write may not survive a failover: the master changed or is changing, or no
+    replica acknowledged it in time. A Redis ``ConnectionError``: retry later."""
+
+
+class FailoverGuard:
+    """Before anyone hears of a write: is it on the current master, and on a replica?
+
+    Redis replicates asynchronously, and Sentinel fails over without asking the
+    clients: a write acknowledged by a master that dies, or by a master the sentinels
+    are replacing, is lost. After ``SENTINEL FAILOVER`` the old master even keeps
+    accepting writes from the connections it has for up to ~20 s, until the
+    sentinels turn it into a replica, which drops them; redis-py asks the sentinels
+    for the master only when it opens a connection. :meth:`confirm` closes that
+    window for the writes others act on (the completion signals, once per request):
+
+    1. it asks every sentinel about the master. If one of them is failing it over,
+       or the newest configuration (highest ``config-epoch``) names another master
+       than the one this client's connections go to, it raises
+       :class:`UnconfirmedWriteError`, and the pool drops its idle connections, so
+       the retry opens new ones to the master the sentinels name then;
+    2. with a replica online (``INFO replication``, looked at again at most every
+       ``recheck_s`` and after any doubt), it runs ``WAIT 1 <timeout_ms>`` and raises
+       if no replica acknowledged. With no replica online (none configured, the
+       last one died, or it is in a full resync) there is nothing to wait for, and
+       it does not.
+
+    Cost per call: one query per sentinel (a sentinel that failed is skipped for
+    ``recheck_s``) and one ``WAIT``: a round trip plus a replica's acknowledgement.
+    ``WAIT`` covers the writes of the connection it runs on: a worker child of the
+    prefork pool runs one task at a time, so that is the connection of its last
+    write; with the threads pool another thread may have taken that connection in
+    between, and the wait then covers less. It narrows the window to the instant
+    between the check and a failover; it is not a consensus protocol.
+    """
+
+    def __init__(self, client: redis.Redis, master_name: str, *, timeout_ms: int = 200,
+                 recheck_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self.master_name = master_name
+        self.timeout_ms = timeout_ms
+        self.recheck_s = recheck_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._replicas = 0
+        self._checked_at: float | None = None
+        self._sentinel_failed_at: dict[int, float] = {}
+
+    def __repr__(self) -> str:
+        return f"FailoverGuard(master_name={self.master_name!r}, timeout_ms={self.timeout_ms})"
+
+    def _forget_replicas(self) -> None:
+        with self._lock:
+            self._checked_at = None
+
+    def _sentinel_states(self, pool: Any) -> list[dict[str, Any]]:
+        states = []
+        now = self._clock()
+        for i, sentinel in enumerate(pool.sentinel_manager.sentinels):
+            failed_at = self._sentinel_failed_at.get(i)
+            if failed_at is not None and now - failed_at < self.recheck_s:
+                continue
+            try:
+                states.append(sentinel.sentinel_master(self.master_name))
+            except (redis.RedisError, OSError):
+                self._sentinel_failed_at[i] = now
+        return states
+
+    def _start_over(self, pool: Any) -> None:
+        """Forget what was known: the retry asks the sentinels on fresh connections."""
+        self._forget_replicas()
+        pool.disconnect(inuse_connections=False)
+
+    def _check_master(self) -> None:
+        pool: Any = self.client.connection_pool
+        if not isinstance(pool, redis.sentinel.SentinelConnectionPool):
+            return
+        connected_to = pool.master_address
+        if connected_to is None:
+            return  # no connection opened since the last change: nothing written
+        states = self._sentinel_states(pool)
+        if not states:
+            raise UnconfirmedWriteError("no sentinel answered: cannot tell the master")
+        if any("failover_in_progress" in str(s.get("flags", "")) for s in states):
+            self._start_over(pool)
+            raise UnconfirmedWriteError(f"a failover of {self.master_name!r} is under way")
+        newest = max(states, key=lambda s: int(s.get("config-epoch") or 0))
+        named = (str(newest["ip"]), int(newest["port"]))
+        if named != (str(connected_to[0]), int(connected_to[1])):
+            self._start_over(pool)
+            raise UnconfirmedWriteError(
+                f"the sentinels moved {self.master_name!r} from "
+                f"{connected_to[0]}:{connected_to[1]} to {named[0]}:{named[1]}: "
+                "what was just written there may be lost"
+            )
+
+    def _replicas_connected(self) -> int:
+        now = self._clock()
+        with self._lock:
+            if self._checked_at is not None and now - self._checked_at < self.recheck_s:
+                return self._replicas
+        info = self.client.info("replication")
+        # Only replicas streaming; one in a full resync could not acknowledge for a while.
+        count = sum(1 for name, value in info.items() if name.startswith("slave")
+                    and isinstance(value, dict) and value.get("state") == "online")
+        with self._lock:
+            self._replicas, self._checked_at = count, now
+        return count
+
+    def confirm(self, *, strict: bool = True) -> int | None:
+        """Replicas that acknowledged the last write; ``None`` when none is connected.
+
+        ``strict`` raises :class:`UnconfirmedWriteError` (or the Redis error) when the
+        write may be lost: use it before acting on the write. Otherwise a doubt is
+        logged: use that after the fact, when nothing can be taken back.
+        """
+        try:
+            self._check_master()
+            if not self._replicas_connected():
+                return None
+            acked = int(self.client.wait(1, self.timeout_ms))
+            if acked < 1:
+                self._forget_replicas()  # the replica may be gone: look again next time
+                raise UnconfirmedWriteError(
+                    f"no replica acknowledged the write within {self.timeout_ms} ms")
+        except redis.RedisError as exc:
+            if strict:
+                raise
+            log.warning("a write may not survive a failover: %s", exc)
+            return None
+        return acked
