@@ -1,4 +1,5 @@
-"""Process-local objects built on first use: the record store, and a cache for the rest.
+"""Process-local objects built on first use: the record store (and, on a Sentinel
+backend, its failover guard), and a cache for the rest.
 
 Nothing here is built at import time. Each worker child builds its own after
 the fork (``worker_process_init`` calls :func:`reset`), so no connection pool
