@@ -1,4 +1,5 @@
-"""Process-local objects built on first use: the record store, and a cache for the rest.
+"""Process-local objects built on first use: the record store (and, on a Sentinel
+backend, its failover guard), and a cache for the rest.
 
 Nothing here is built at import time. Each worker child builds its own after
 the fork (``worker_process_init`` calls :func:`reset`), so no connection pool
@@ -15,10 +16,11 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+from .connections import FailoverGuard, is_sentinel
 from .record import RecordStore
 from .settings import get_settings
 
-__all__ = ["cached", "get_store", "reset"]
+__all__ = ["cached", "get_failover_guard", "get_store", "reset"]
 
 T = TypeVar("T")
 
@@ -55,3 +57,15 @@ def _build_store() -> RecordStore:
 def get_store() -> RecordStore:
     """The record store on the result backend's Redis."""
     return cached("store", _build_store)
+
+
+def _build_failover_guard() -> FailoverGuard | None:
+    settings = get_settings()
+    if not is_sentinel(settings.backend):
+        return None  # a plain Redis: no failover to guard against
+    return FailoverGuard(get_store().redis, settings.sentinel_master)
+
+
+def get_failover_guard() -> FailoverGuard | None:
+    """On a Sentinel-managed result backend, the guard of the store's writes; else None."""
+    return cached("failover_guard", _build_failover_guard)

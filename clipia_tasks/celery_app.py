@@ -28,6 +28,7 @@ from celery.signals import (
     worker_process_init,
 )
 
+from .connections import is_sentinel, sentinel_kwargs
 from .errors import ConfigurationError
 from .settings import Settings, get_settings
 
@@ -62,9 +63,23 @@ def _transport_for(url: str) -> str:
     return f"clipia_tasks.transport:{name}"
 
 
+def _sentinel_options(settings: Settings, url: str) -> dict[str, Any]:
+    """Transport options for a ``sentinel://`` URL: the master's name, the sentinels' options."""
+    if not is_sentinel(url):
+        return {}
+    return {"master_name": settings.sentinel_master, "sentinel_kwargs": sentinel_kwargs(settings)}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings this package relies on, from our settings."""
-    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    transport = {
+        "visibility_timeout": settings.visibility_timeout_s,
+        **_sentinel_options(settings, settings.broker),
+    }
+    backend_transport = {
+        "retry_policy": {"timeout": 5.0},
+        **_sentinel_options(settings, settings.backend),
+    }
     config: dict[str, Any] = {
         "broker_url": settings.broker,
         # kombu's Redis transport with the fix that keeps workers up through a Redis
@@ -83,7 +98,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Countdowns are held unacked by the worker; the longest single
         # countdown is half of this (see Settings.max_countdown_s).
         "broker_transport_options": transport,
-        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
+        # With sentinel:// URLs both also name the master and carry the sentinels' password.
+        "result_backend_transport_options": backend_transport,
         # Task events feed Flower.
         "worker_send_task_events": True,
         "task_send_sent_event": True,

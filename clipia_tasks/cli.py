@@ -41,8 +41,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 def _redis_answers(url: str) -> bool:
     import redis
 
+    from .connections import redis_client
+    from .settings import get_settings
+
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        client = redis_client(url, get_settings(), socket_timeout_s=0.5, connect_timeout_s=0.5)
         ok = bool(client.ping())
         client.close()
         return ok
@@ -292,6 +295,7 @@ def _doctor_checks() -> list[Check]:
 
     from .celery_app import app
     from .client import ClipiaClient
+    from .connections import is_sentinel, redis_client
     from .errors import AuthenticationError, RequestNotFoundError
     from .settings import get_settings
 
@@ -303,9 +307,10 @@ def _doctor_checks() -> list[Check]:
     checks.append(Check("settings", True, "all settings parse"))
     for label, url in (("broker", settings.broker), ("result backend", settings.backend)):
         try:
-            client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+            client = redis_client(url, settings, socket_timeout_s=2, connect_timeout_s=2)
             client.ping()
             aof = client.info("persistence").get("aof_enabled") == 1
+            replicas = int(client.info("replication").get("connected_slaves") or 0)
             client.close()
             checks.append(Check(f"Redis ({label})", True, f"{redact_url(url)} answers"))
             if label == "result backend":
@@ -313,6 +318,11 @@ def _doctor_checks() -> list[Check]:
                     "Redis persistence", aof,
                     "AOF on" if aof else "appendonly is off: a restart loses requests in flight",
                     "" if aof else "appendonly yes, appendfsync everysec (docs/delivery.md)"))
+            if is_sentinel(url):
+                checks.append(Check(
+                    f"Sentinel ({label})", replicas > 0,
+                    f"master {settings.sentinel_master!r} has {replicas} replica(s)",
+                    "" if replicas else "a failover needs a replica to promote: add one"))
         except (redis.RedisError, OSError, ValueError) as exc:
             checks.append(Check(f"Redis ({label})", False, f"{redact_url(url)}: {exc}",
                                 "start Redis or fix REDIS_URL / CELERY_* URLs"))

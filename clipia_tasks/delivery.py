@@ -18,7 +18,10 @@ The guarantee: each signal fires once per request id, in a worker, and each
 callback is POSTed until one 2xx, however workers crash or messages repeat.
 
 The one at-least-once window: a receiver (or the callback's receiver) has run,
-and the process dies before the flag above is written. Then it runs again, once
+and the process dies before the flag above is written (or, with Redis Sentinel,
+a failover loses the write: see :class:`~clipia_tasks.connections.FailoverGuard`,
+which checks the outcome is on the current master and a replica before the
+signals fire, and ``delivered`` after). Then it runs again, once
 the delivery lock is free (at once when the dead process was on the same host,
 else after 60 s), with the same ``delivery_id`` (the request id for signals; a
 stable uuid per request and chain for callbacks) to dedupe on.
@@ -56,7 +59,12 @@ def fire_signals(state: RequestState) -> DeliveryTurn:
     (answer later).
     """
     store = _runtime.get_store()
+    guard = _runtime.get_failover_guard()
     rid = state.request_id
+    if guard is not None and not state.delivered:
+        # Sentinel: the outcome must be on the current master, and on a replica, before
+        # anyone hears of it (raises a Redis ConnectionError: the step is retried).
+        guard.confirm()
     token = lock_token(f"deliver-{threading.get_ident()}", 0)
     turn = store.begin_delivery(rid, token)
     if turn is not DeliveryTurn.GO:
@@ -69,6 +77,9 @@ def fire_signals(state: RequestState) -> DeliveryTurn:
             sender=None, request_id=rid, result=state.result, error=error, delivery_id=rid
         )
     store.end_delivery(rid, token)
+    if guard is not None:
+        # And so must ``delivered``, or a failover now fires them again.
+        guard.confirm(strict=False)
     return turn
 
 

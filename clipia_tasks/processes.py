@@ -46,10 +46,13 @@ def configure_process(env: Mapping[str, str]) -> None:
     reset_settings()
     _runtime.reset()
     settings = get_settings()
-    changed = (app.conf.broker_url, app.conf.result_backend) != (settings.broker,
-                                                                   settings.backend)
-    app.conf.update(broker_url=settings.broker, result_backend=settings.backend,
-                    broker_transport=celery_config(settings)["broker_transport"])
+    config = celery_config(settings)
+    # The transport options too: with sentinel:// URLs they name the master.
+    connection = {name: config[name] for name in (
+        "broker_url", "broker_transport", "broker_transport_options", "result_backend",
+        "result_backend_transport_options")}
+    changed = any(app.conf.get(name) != value for name, value in connection.items())
+    app.conf.update(connection)
     if changed:
         # Connections already made point at the old Redis: drop them (what Celery
         # itself does after a fork), so the next call connects to the new one.

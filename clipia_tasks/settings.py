@@ -4,10 +4,12 @@ Settings come from the environment or a ``.env`` file in the working
 directory, are read once per process by :func:`get_settings`, and are
 validated as a whole: a missing or malformed value raises one
 :class:`~clipia_tasks.errors.ConfigurationError` that names the variable and
-says what is wrong. Secrets (the API key, both signing secrets) lose surrounding
-whitespace, such as the newline a secret file ends with. A web process that
-only enqueues needs ``REDIS_URL``; the API key is required only where the API
-is called (:meth:`Settings.require_api_key`, checked at worker start).
+says what is wrong. Secrets (the API key, both signing secrets, the sentinels'
+password) lose surrounding whitespace, such as the newline a secret file ends
+with. A web process that only enqueues needs ``REDIS_URL`` (a Redis URL, or
+Celery's ``sentinel://...;sentinel://...`` form with ``CLIPIA_SENTINEL_MASTER``);
+the API key is required only where the API is called
+(:meth:`Settings.require_api_key`, checked at worker start).
 
 Field names carry their unit (``_s`` = seconds). ``docs/configuration.md``
 lists the same table for people; ``tests/unit/test_settings.py`` keeps the two
@@ -31,6 +33,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .connections import is_sentinel, parse_sentinel_url
 from .errors import ConfigurationError
 
 __all__ = ["ENV_NAMES", "Settings", "get_settings", "redact_url", "reset_settings"]
@@ -64,6 +67,14 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(None, validation_alias=_env("CELERY_BROKER_URL"))
     #: Overrides REDIS_URL for the result backend (and the request records) only.
     result_backend: str | None = Field(None, validation_alias=_env("CELERY_RESULT_BACKEND"))
+    #: With sentinel:// URLs: the name of the master the sentinels monitor.
+    sentinel_master: str = Field(
+        "mymaster", min_length=1, validation_alias=_env("CLIPIA_SENTINEL_MASTER")
+    )
+    #: With sentinel:// URLs: the sentinels' own password (the master's is in the URL).
+    sentinel_password: SecretStr | None = Field(
+        None, validation_alias=_env("CLIPIA_SENTINEL_PASSWORD")
+    )
     #: First and shortest delay between two status polls.
     poll_interval_s: float = Field(1.0, gt=0, validation_alias=_env("CLIPIA_POLL_INTERVAL"))
     #: Longest delay between two status polls (a Retry-After may exceed it).
@@ -119,7 +130,7 @@ class Settings(BaseSettings):
         "text", validation_alias=_env("CLIPIA_LOG_FORMAT")
     )
 
-    @field_validator("api_key", "callback_secret", "webhook_secret")
+    @field_validator("api_key", "callback_secret", "webhook_secret", "sentinel_password")
     @classmethod
     def _strip_secret(cls, value: SecretStr | None) -> SecretStr | None:
         # A value from a file or a quoted .env line often ends with a newline: a
@@ -127,6 +138,13 @@ class Settings(BaseSettings):
         if value is None:
             return None
         return SecretStr(value.get_secret_value().strip())
+
+    @field_validator("sentinel_master")
+    @classmethod
+    def _check_sentinel_master(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty: it names the master the sentinels monitor (e.g. mymaster)")
+        return value.strip()
 
     @field_validator("base_url")
     @classmethod
@@ -146,14 +164,31 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        parts = urlsplit(value.strip())
+        value = value.strip()
+        if is_sentinel(value):
+            parse_sentinel_url(value)
+            return value
+        parts = urlsplit(value)
         if parts.scheme not in _REDIS_SCHEMES:
             raise ValueError(
-                "must be a redis://, rediss:// or unix:// URL, e.g. redis://localhost:6379/0"
+                "must be a redis://, rediss://, unix:// or sentinel:// URL, "
+                "e.g. redis://localhost:6379/0 or sentinel://10.0.0.1:26379/0;"
+                "sentinel://10.0.0.2:26379/0"
             )
         if parts.scheme != "unix" and not parts.hostname:
             raise ValueError("has no host, e.g. redis://localhost:6379/0")
-        return value.strip()
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str | None) -> str | None:
+        # Any broker Celery knows is accepted; a sentinel:// one is checked like REDIS_URL.
+        if value is None:
+            return None
+        value = value.strip()
+        if is_sentinel(value):
+            parse_sentinel_url(value)
+        return value
 
     @model_validator(mode="after")
     def _check_intervals(self) -> Settings:
@@ -231,12 +266,20 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
-def redact_url(url: str) -> str:
-    """The URL with its password (if any) replaced by ``***``, for messages and logs."""
+def _redact_one(url: str) -> str:
     parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@", 1)
-    return url
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+
+
+def redact_url(url: str) -> str:
+    """The URL with every password replaced by ``***``, for messages and logs.
+
+    A ``sentinel://...;sentinel://...`` URL is redacted in each ``;``-separated part.
+    """
+    return ";".join(_redact_one(part) for part in url.split(";"))
 
 
 def _explain(exc: ValidationError) -> ConfigurationError:

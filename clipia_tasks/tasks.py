@@ -175,11 +175,14 @@ class PollRequestTask(Task):  # type: ignore[misc]
 
 def _unreachable_redis(celery_app: Celery) -> str | None:
     """The broker or backend URL that does not answer a ping, or None if both do."""
+    from .connections import redis_client
+
     for url in (celery_app.conf.broker_url, celery_app.conf.result_backend):
-        if not url or not str(url).startswith(("redis", "unix")):
+        if not url or not str(url).startswith(("redis", "unix", "sentinel")):
             continue
         try:
-            client = redis.Redis.from_url(str(url), socket_connect_timeout=2, socket_timeout=2)
+            client = redis_client(str(url), get_settings(), socket_timeout_s=2,
+                                  connect_timeout_s=2)
             try:
                 client.ping()
             finally:

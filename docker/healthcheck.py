@@ -5,7 +5,8 @@
     PING the broker and the result backend this container is configured with,
     read through the package's own settings (``CELERY_BROKER_URL`` /
     ``CELERY_RESULT_BACKEND``, else ``REDIS_URL``; ``.env`` in the working
-    directory counts), so it checks exactly the Redis the worker uses. About
+    directory counts), so it checks exactly the Redis the worker uses (with a
+    ``sentinel://`` URL, the master the sentinels name). About
     0.3 s. It proves Redis answers and the configuration is valid; it does not
     prove the worker consumes (``celery -A clipia_tasks inspect ping`` does, at
     seconds per check).
@@ -29,19 +30,22 @@ TIMEOUT_S = 5.0
 
 
 def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else "***@"
-    return parts._replace(netloc=user + netloc).geturl()
+    """The URL without passwords, in each ``;``-separated part of a sentinel:// URL."""
+    out = []
+    for part in url.split(";"):
+        parts = urlsplit(part)
+        if parts.password is not None:
+            netloc = parts.netloc.rsplit("@", 1)[1]
+            user = f"{parts.username}:***@" if parts.username else "***@"
+            part = parts._replace(netloc=user + netloc).geturl()
+        out.append(part)
+    return ";".join(out)
 
 
 def check_redis() -> str | None:
     """None if every Redis URL in the configuration answers PING, else the reason."""
     try:
-        import redis
-
+        from clipia_tasks.connections import redis_client
         from clipia_tasks.settings import load_settings
 
         settings = load_settings()
@@ -49,8 +53,9 @@ def check_redis() -> str | None:
         return f"cannot read the configuration: {exc}"
     for url in dict.fromkeys((settings.broker, settings.backend)):
         try:
-            client = redis.Redis.from_url(
-                url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
+            # redis://, rediss://, unix:// and sentinel:// (through the sentinels).
+            client = redis_client(
+                url, settings, socket_timeout_s=TIMEOUT_S, connect_timeout_s=TIMEOUT_S
             )
             try:
                 client.ping()

@@ -189,12 +189,17 @@ class RecordStore:
 
     @classmethod
     def from_url(cls, url: str, *, ttl_s: int) -> RecordStore:
-        return cls(
-            redis.Redis.from_url(
-                url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5
-            ),
-            ttl_s=ttl_s,
-        )
+        """A store on ``url``: any form the settings accept, ``sentinel://`` included.
+
+        A Sentinel URL takes the master's name and the sentinels' password from the
+        process's settings (``CLIPIA_SENTINEL_MASTER``, ``CLIPIA_SENTINEL_PASSWORD``).
+        """
+        from ..connections import redis_client
+        from ..settings import get_settings
+
+        client = redis_client(url, get_settings(), decode_responses=True, socket_timeout_s=10,
+                              connect_timeout_s=5)
+        return cls(client, ttl_s=ttl_s)
 
     def __repr__(self) -> str:
         return f"RecordStore(ttl_s={self.ttl_s})"

@@ -1,7 +1,9 @@
 """Loaded into test workers (``celery worker -I``): records every signal in Redis.
 
 Tests read the list ``clipia-test:signals`` to count how often each signal
-fired per request id, across worker processes and restarts.
+fired per request id, across worker processes and restarts. It lives in
+``CLIPIA_TEST_SIGNALS_URL`` when set (the Sentinel test keeps its observations out
+of the Redis it fails over), else in ``REDIS_URL``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import redis
 from clipia_tasks.signals import request_completed, request_failed
 
 LIST = "clipia-test:signals"
-_redis = redis.Redis.from_url(os.environ["REDIS_URL"])
+_redis = redis.Redis.from_url(os.environ.get("CLIPIA_TEST_SIGNALS_URL") or os.environ["REDIS_URL"])
 
 
 def _record(kind: str, request_id: str, delivery_id: str, **extra: Any) -> None:

@@ -155,3 +155,98 @@ def test_every_setting_is_documented() -> None:
     for names in ENV_NAMES.values():
         for name in names:
             assert f"`{name}`" in doc, name
+
+
+SENTINEL_URL = ("sentinel://:m%40ster-pw@10.0.0.1:26379/2;sentinel://10.0.0.2:26380/2;"
+                "sentinel://10.0.0.3/2")
+
+
+@pytest.mark.parametrize("env", ["REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"])
+def test_every_redis_url_takes_celerys_sentinel_form(
+    monkeypatch: pytest.MonkeyPatch, env: str
+) -> None:
+    monkeypatch.setenv(env, SENTINEL_URL)
+    settings = load_settings()
+    assert SENTINEL_URL in (settings.broker, settings.backend)
+    assert settings.sentinel_master == "mymaster" and settings.sentinel_password is None
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "says"),
+    [
+        ("REDIS_URL", "sentinel://10.0.0.1:26379/0;redis://10.0.0.2:6379/0", "mixes"),
+        ("CELERY_BROKER_URL", "sentinel://:s3cr3t@10.0.0.1:port/0", "bad port"),
+        ("CELERY_RESULT_BACKEND", "sentinel://10.0.0.1:26379/zero", "not a number"),
+        ("REDIS_URL", "sentinel://:s3cr3t@10.0.0.1/0;sentinel://:other@10.0.0.2/0",
+         "different databases or passwords"),
+        ("REDIS_URL", "sentinel://10.0.0.1/0;sentinel://10.0.0.2/1", "different databases"),
+        ("REDIS_URL", "sentinel://:s3cr3t@/0", "no host"),
+        ("REDIS_URL", "sentinel://10.0.0.1/0?ssl=true", "no ?options"),
+        ("CLIPIA_SENTINEL_MASTER", "  ", "is empty"),
+    ],
+)
+def test_a_malformed_sentinel_setting_is_named_and_its_password_not_echoed(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, says: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert f"{env}: " in str(info.value) and says in str(info.value)
+    assert "s3cr3t" not in str(info.value)
+
+
+def test_the_sentinels_password_is_a_stripped_secret_that_never_shows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", SENTINEL_URL)
+    monkeypatch.setenv("CLIPIA_SENTINEL_PASSWORD", "sentinel-s3cr3t\n")
+    monkeypatch.setenv("CLIPIA_SENTINEL_MASTER", " clipia-main ")
+    settings = load_settings()
+    assert isinstance(settings.sentinel_password, SecretStr)
+    assert settings.sentinel_password.get_secret_value() == "sentinel-s3cr3t"
+    assert settings.sentinel_master == "clipia-main"
+    assert "sentinel-s3cr3t" not in repr(settings) and "sentinel-s3cr3t" not in str(settings)
+
+
+def test_celery_reaches_broker_and_backend_through_the_sentinels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", SENTINEL_URL)
+    monkeypatch.setenv("CLIPIA_SENTINEL_MASTER", "clipia-main")
+    monkeypatch.setenv("CLIPIA_SENTINEL_PASSWORD", "sentinel-s3cr3t")
+    config = celery_config(load_settings())
+    assert config["broker_transport"] == "clipia_tasks.transport:SentinelTransport"
+    broker = config["broker_transport_options"]
+    backend = config["result_backend_transport_options"]
+    assert broker["visibility_timeout"] == 3600  # merged, not replaced
+    assert backend["retry_policy"] == {"timeout": 5.0}
+    for options in (broker, backend):
+        assert options["master_name"] == "clipia-main"
+        assert options["sentinel_kwargs"]["password"] == "sentinel-s3cr3t"
+        assert options["sentinel_kwargs"]["socket_connect_timeout"] > 0
+    # Without a sentinel password, none is sent; a plain Redis gets no Sentinel options
+    monkeypatch.delenv("CLIPIA_SENTINEL_PASSWORD")
+    assert "password" not in celery_config(load_settings())["broker_transport_options"][
+        "sentinel_kwargs"]
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://b:6379/1")
+    config = celery_config(load_settings())
+    assert config["broker_transport"] == "clipia_tasks.transport:Transport"
+    assert "master_name" not in config["broker_transport_options"]
+    assert config["result_backend_transport_options"]["master_name"] == "clipia-main"
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+        ("rediss://user:pw@h:6380/0?ssl_cert_reqs=none",
+         "rediss://user:***@h:6380/0?ssl_cert_reqs=none"),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+        ("sentinel://:pw@a:26379/0;sentinel://:pw@b:26379/0;sentinel://c:26379/0",
+         "sentinel://:***@a:26379/0;sentinel://:***@b:26379/0;sentinel://c:26379/0"),
+    ],
+)
+def test_redact_url_hides_every_password(url: str, redacted: str) -> None:
+    from clipia_tasks.settings import redact_url
+
+    assert redact_url(url) == redacted
