@@ -150,6 +150,38 @@ class _RestoringChannel:
                 "the broker connection is closed; reconnecting")
         return super()._connparams(asynchronous)  # type: ignore[misc]  # mixin: kombu Channel
 
+    # A reconnect declares the queues again. On a full Redis, kombu's declaration (a
+    # binding written with SADD, a queue size read inside MULTI) is refused, the
+    # consumer restarts at once, and again: a tight loop that Celery cuts short with
+    # "Frequent restarts detected", after which the worker was once seen to stop
+    # consuming. A binding that is already there, and a size read without MULTI,
+    # need no memory: declare from them instead.
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        try:
+            super()._queue_bind(exchange, routing_key, pattern, queue)  # type: ignore[misc]
+        except redis.RedisError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            key = self.keyprefix_queue % (exchange,)  # type: ignore[attr-defined]
+            member = self.sep.join([routing_key or "", pattern or "", queue or ""])  # type: ignore[attr-defined]
+            with self.conn_or_acquire() as client:  # type: ignore[attr-defined]
+                if not client.sismember(key, member):
+                    raise
+            MEMORY.refused("declaring a queue (its binding is in place)")
+
+    def _size(self, queue: str) -> int:
+        try:
+            return int(super()._size(queue))  # type: ignore[misc]
+        except redis.RedisError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            with self.conn_or_acquire() as client:  # type: ignore[attr-defined]
+                pipe = client.pipeline(transaction=False)
+                for pri in self.priority_steps:  # type: ignore[attr-defined]
+                    pipe.llen(self._q_for_pri(queue, pri))  # type: ignore[attr-defined]
+                return sum(n for n in pipe.execute() if isinstance(n, int))
+
     def _restore_held_messages(self) -> None:
         with _unrestored_lock:
             tags = sorted(_UNRESTORED)
