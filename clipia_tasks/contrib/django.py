@@ -14,7 +14,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from ..webhooks import handle_webhook
+from ..webhooks import webhook_response
 
 __all__ = ["clipia_webhook"]
 
@@ -22,5 +22,5 @@ __all__ = ["clipia_webhook"]
 @csrf_exempt  # type: ignore[untyped-decorator]  # Clipia signs the body; no CSRF token
 @require_POST  # type: ignore[untyped-decorator]
 def clipia_webhook(request: HttpRequest) -> Any:
-    status, body = handle_webhook(dict(request.headers), request.body)
+    status, body = webhook_response(dict(request.headers), request.body)
     return JsonResponse(body, status=status)

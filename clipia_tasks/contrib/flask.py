@@ -11,11 +11,11 @@ from typing import Any
 
 from flask import jsonify, request
 
-from ..webhooks import handle_webhook
+from ..webhooks import webhook_response
 
 __all__ = ["clipia_webhook"]
 
 
 def clipia_webhook() -> Any:
-    status, body = handle_webhook(dict(request.headers), request.get_data())
+    status, body = webhook_response(dict(request.headers), request.get_data())
     return jsonify(body), status

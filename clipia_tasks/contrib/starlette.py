@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..webhooks import handle_webhook
+from ..webhooks import webhook_response
 
 __all__ = ["clipia_webhook"]
 
@@ -20,5 +20,5 @@ __all__ = ["clipia_webhook"]
 async def clipia_webhook(request: Request) -> JSONResponse:
     raw = await request.body()
     # Redis calls are blocking: keep them off the event loop.
-    status, body = await run_in_threadpool(handle_webhook, dict(request.headers), raw)
+    status, body = await run_in_threadpool(webhook_response, dict(request.headers), raw)
     return JSONResponse(body, status_code=status)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
@@ -14,7 +15,7 @@ from clipia.webhooks import verify_signature
 
 from clipia_tasks import ConfigurationError, get_state, poll_request
 from clipia_tasks.callbacks import sign
-from clipia_tasks.webhooks import handle_webhook
+from clipia_tasks.webhooks import handle_webhook, webhook_response
 from tests.conftest import WORKER_ENV, Receiver, Worker, signal_counts, wait_for
 
 pytestmark = pytest.mark.integration
@@ -170,6 +171,22 @@ def test_bad_webhooks_are_rejected_with_no_side_effect(
     assert get_state(rid) is None and sim.calls(request_id=rid) == []
 
 
+def test_a_delivery_signed_during_a_secret_rotation_is_accepted(
+    sim: Any, redis_client: redis.Redis
+) -> None:
+    # Given Clipia signing with a new secret and the one this app holds (several v1=)
+    rid = sim.create({"run_s": 0.1})
+    raw = json.dumps({"request_id": rid, "status": "OK"}).encode()
+    t = int(time.time())
+    ours = sign(WH_SECRET, raw, t).split("v1=")[1]
+    theirs = sign("whsec_the_new_one", raw, t).split("v1=")[1]
+    headers = {"x-clipia-signature": f"t={t},v1={ours},v1={theirs}", "X-Clipia-Webhook-Id": "r"}
+    # Then the delivery is verified and completes the request
+    assert handle_webhook(headers, raw)[0] == 200
+    wait_for(lambda: (s := get_state(rid)) is not None and s.outcome == "COMPLETED", 20)
+    wait_for(lambda: signal_counts(redis_client, rid)["completed"] == 1)
+
+
 def test_a_verified_but_malformed_webhook_is_a_400(celery_env: dict[str, str]) -> None:
     for body in ({"request_id": "nope", "status": "OK"}, {"request_id": 1},
                  {"request_id": "764cabcf-b745-4b3e-ae38-1200304cf45b", "status": "DONE"}):
@@ -183,7 +200,8 @@ def test_a_verified_but_malformed_webhook_is_a_400(celery_env: dict[str, str]) -
 # -- framework adapters --------------------------------------------------------
 
 
-def test_the_django_flask_and_starlette_adapters(sim: Any) -> None:
+def _adapter_posts() -> tuple[Any, Any, Any]:
+    """POST a webhook through the Django, Flask and Starlette adapters; each returns the status."""
     import django
     from django.conf import settings as dj
 
@@ -220,7 +238,11 @@ def test_the_django_flask_and_starlette_adapters(sim: Any) -> None:
 
         return asyncio.run(post())
 
-    for post in (django_post, flask_post, star_post):
+    return django_post, flask_post, star_post
+
+
+def test_the_django_flask_and_starlette_adapters(sim: Any) -> None:
+    for post in _adapter_posts():
         rid = sim.create({"run_s": 0.1})
         headers, raw = signed({"request_id": rid, "status": "OK"})
         assert post(headers, raw) == 200, post.__name__
@@ -228,3 +250,25 @@ def test_the_django_flask_and_starlette_adapters(sim: Any) -> None:
                  timeout_s=20)
         bad_headers, bad_raw = signed({"request_id": rid, "status": "OK"}, secret="nope")
         assert post(bad_headers, bad_raw) == 401, post.__name__
+
+
+def test_the_adapters_without_a_secret_log_why_and_answer_500_json(
+    sim: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from clipia_tasks.settings import reset_settings
+
+    posts = _adapter_posts()
+    monkeypatch.delenv("CLIPIA_WEBHOOK_SECRET")
+    reset_settings()
+    try:
+        caplog.set_level(logging.ERROR, logger="clipia_tasks.webhooks")
+        for post in posts:
+            caplog.clear()
+            headers, raw = signed({"request_id": sim.create({"run_s": 0.1}), "status": "OK"})
+            assert post(headers, raw) == 500, post.__name__
+            assert "CLIPIA_WEBHOOK_SECRET is not set" in caplog.text, post.__name__
+        status, body = webhook_response(headers, raw)
+        assert status == 500 and "CLIPIA_WEBHOOK_SECRET" in body["detail"]
+    finally:
+        monkeypatch.undo()
+        reset_settings()
