@@ -125,6 +125,13 @@ class Beat(BeatProcess):
                          cwd=ROOT)
 
 
+def assert_all_alive(workers: list[Worker]) -> None:
+    """A worker that exits on its own is a failure (supervisors restart; tests do not)."""
+    for w in workers:
+        assert w.running, f"worker {w.name} exited on its own:\n{w.log()[-3000:]}"
+        assert "Unrecoverable error" not in w.log(), f"worker {w.name}:\n{w.log()[-3000:]}"
+
+
 def use_env(env: dict[str, str]) -> None:
     """Point this (test) process at ``env`` as a web process would: everything but the key."""
     from clipia_tasks.processes import configure_process

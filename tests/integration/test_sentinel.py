@@ -44,7 +44,7 @@ from clipia_tasks.connections import FailoverGuard, UnconfirmedWriteError, redis
 from clipia_tasks.processes import configure_process
 from clipia_tasks.redis_server import RedisServer, SentinelServer
 from clipia_tasks.settings import load_settings
-from tests.conftest import TEST_KEY, WORKER_ENV, Beat, Worker
+from tests.conftest import TEST_KEY, WORKER_ENV, Beat, Worker, assert_all_alive
 
 pytestmark = pytest.mark.integration
 
@@ -75,12 +75,6 @@ def _wait(what: str, predicate: Callable[[], Any], timeout_s: float) -> float:
             return time.monotonic() - started
         time.sleep(0.05)
     raise AssertionError(f"{what}: not within {timeout_s} s")
-
-
-def _all_alive(workers: list[Worker]) -> None:
-    """A worker that exits on its own is a failure (nothing here kills a worker)."""
-    for w in workers:
-        assert w.running, f"worker {w.name} exited on its own:\n{w.log()[-3000:]}"
 
 
 class Deployment:
@@ -232,7 +226,7 @@ def test_100_requests_through_a_forced_failover_and_a_killed_master(
         # and, once the old master follows the new one, the new master is SIGKILLed
         timings["relink_s"] = _wait("the old master following the new one",
                                     lambda: dep.follows(first_master, second_master), 60)
-        _all_alive(workers)
+        assert_all_alive(workers)
         second_master.kill()
         timings["failover_2_s"] = _wait("the old master elected again",
                                         lambda: dep.all_name(first_master), 60)
@@ -252,13 +246,12 @@ def test_100_requests_through_a_forced_failover_and_a_killed_master(
         deadline = time.monotonic() + 120
         pending = unfinished()
         while pending and time.monotonic() < deadline:
-            _all_alive(workers)
+            assert_all_alive(workers)
             time.sleep(1)
             pending = unfinished()
         timings["all_done_s"] = time.monotonic() - started
         time.sleep(2)  # a repeat still on its way would show up in the counts below
-        _all_alive(workers)
-        assert not any("Unrecoverable error" in w.log() for w in workers)
+        assert_all_alive(workers)
     finally:
         beat.stop()
         for w in workers:
