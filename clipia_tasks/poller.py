@@ -64,7 +64,6 @@ from .errors import (
 )
 from .metrics import NullMetrics, PrometheusMetrics
 from .nouns import (
-    TERMINAL_STATUSES,
     Observation,
     Outcome,
     Phase,
@@ -154,7 +153,7 @@ def _fetch_only(state: RequestState) -> bool:
     Unless the result endpoint has answered without a result too often: then
     the terminal status is checked again first.
     """
-    return state.status in TERMINAL_STATUSES and state.result_waits < RESULT_WAITS_BEFORE_STATUS
+    return state.terminal_seen is not None and state.result_waits < RESULT_WAITS_BEFORE_STATUS
 
 
 def _doubling_s(base_s: float, n: int, cap_s: float) -> float:
@@ -184,6 +183,7 @@ class Poller:
         clock: Callable[[], float] = time.time,
         metrics: NullMetrics | None = None,
         rng: Callable[[], float] = random.random,
+        wake: Callable[[str, str, int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -195,6 +195,8 @@ class Poller:
         self.metrics = metrics or NullMetrics()
         #: Floats in [0, 1): where in the window a poller wakes after a shared pause.
         self.rng = rng
+        #: Sends a sleeping chain's next message now: (request_id, task_id, message number).
+        self.wake = wake
 
     def __repr__(self) -> str:
         return f"Poller(base_url={self.settings.base_url!r})"
@@ -248,7 +250,11 @@ class Poller:
             return self._conclude(state)
         if claim.role is Role.STALE:
             return Stale(f"message {retries} of chain {task_id} was superseded")
-        if claim.role is Role.FOLLOWER:
+        if claim.role is Role.FETCH and not (
+            state.next_poll_at is not None and now < state.next_poll_at - 0.05
+        ):
+            return self._fetch_as_guest(state, task_id, now)
+        if claim.role in (Role.FOLLOWER, Role.FETCH):
             wait = (state.next_poll_at or now) - now + FOLLOWER_SLACK_S
             wait = min(max(wait, s.poll_interval_s / 2), s.max_countdown_s)
             self.store.plan(request_id, task_id, now + wait)
@@ -302,7 +308,7 @@ class Poller:
         if _fetch_only(state):
             # Seen terminal before, result not fetched yet (202 race or a crash).
             return self._fetch_result(state, task_id, retries, now, deadline,
-                                      str(state.status), {})
+                                      str(state.terminal_seen), {})
         try:
             snap = self.client.status(rid)
         except TransientError as exc:
@@ -336,7 +342,9 @@ class Poller:
             fields[Field.UNKNOWN_POLLS] = unknown_polls
         if phase is Phase.TERMINAL:
             # Say so before fetching the result, so a copy of this message redelivered
-            # after a crash fetches the result instead of asking /status again.
+            # after a crash fetches the result instead of asking /status again. The
+            # record's status turns terminal only with the outcome (finish).
+            fields[Field.TERMINAL_SEEN] = fields.pop(Field.STATUS)
             if not self.store.note_seen_terminal(
                 rid, task_id, retries, fields,
                 lease_until=now + self._lease_s, due_at=now + self._run_s,
@@ -399,7 +407,7 @@ class Poller:
         """The result after a terminal status; backs off while the endpoint has none."""
         rid = state.request_id
         s = self.settings
-        fields[Field.STATUS] = status
+        fields[Field.TERMINAL_SEEN] = status
         answer = self._ask_result(state, task_id, retries, now, deadline, fields)
         if not isinstance(answer, ResultNotReady):
             return answer
@@ -444,6 +452,39 @@ class Poller:
         note = f"{note}; result not ready (HTTP {answer.http_status} {answer.status})"
         return self._schedule(state, task_id, retries, wake, fields, note)
 
+    def _fetch_as_guest(self, state: RequestState, task_id: str, now: float) -> Step:
+        """A terminal status was reported while the owner sleeps: fetch the result now.
+
+        This chain owns nothing: it takes the poll lock for one result call and
+        records the outcome through the same first-writer-wins ``finish``; anything
+        else (a 202, an error, the lock held) and it looks again shortly, as a
+        follower would. The owner's message, when it wakes, finds the outcome.
+        """
+        rid = state.request_id
+        token = lock_token(task_id, -1)
+        gate = self.store.begin_poll(rid, token, lock_s=self._lock_s, now=now, min_gap_s=0.0,
+                                     unanswered_margin_s=0.0)
+        reason = "another copy is fetching the result"
+        if gate.gate is Gate.OPEN:
+            try:
+                answer = self.client.result(rid)
+                if not isinstance(answer, ResultNotReady):
+                    step = self._record_outcome(state, answer, {}, now)
+                    if state.owner and self.wake is not None:
+                        # The owner sleeps in its countdown: its caller gets the answer
+                        # (result, links, callback) now, not when it wakes.
+                        self.wake(rid, state.owner, state.gen)
+                    return step
+                reason = f"result not ready (HTTP {answer.http_status} {answer.status})"
+            except ClipiaTasksError as exc:
+                reason = str(exc)
+            finally:
+                self.store.unlock(rid, token)
+        wait = min(max(self.settings.poll_interval_s, RESULT_RACE_DELAY_S),
+                   self.settings.max_countdown_s)
+        self.store.plan(rid, task_id, now + wait)
+        return Again(wait, f"{state.terminal_seen} reported; {reason}, next look in {wait:.1f} s")
+
     def _ask_result(
         self,
         state: RequestState,
@@ -475,9 +516,12 @@ class Poller:
             err: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
             cls = RequestCanceledError if outcome == Outcome.CANCELED else RequestFailedError
             error = cls(rid, outcome, str(err.get("code") or ""), str(err.get("message") or ""))
+        if outcome == Outcome.COMPLETED:
+            fields[Field.PROGRESS] = 100  # whether a poll or a webhook saw the end
         fields.update({
             Field.OUTCOME: outcome,
-            Field.STATUS: outcome,
+            Field.STATUS: outcome,  # terminal in the same write as the outcome
+            Field.TERMINAL_SEEN: "",
             Field.RESULT: body,
             Field.ERROR: error_to_dict(error) if error else None,
             Field.FINISHED_AT: repr(now),
@@ -510,7 +554,7 @@ class Poller:
         waited = now - (state.first_enqueued_at or now)
         failing = state.last_error if state.errors else ""
         cause = ""
-        if state.status in TERMINAL_STATUSES and state.result_waits:
+        if state.terminal_seen is not None and state.result_waits:
             cause = PollTimeoutError.RESULT_NOT_TERMINAL
         elif state.unknown_polls:
             cause = PollTimeoutError.UNKNOWN_STATUS
@@ -599,6 +643,7 @@ def _metrics() -> NullMetrics:
 
 def _build_poller() -> Poller:
     from .delivery import fire_signals
+    from .tasks import wake_chain
 
     settings = get_settings()
     return Poller(
@@ -608,6 +653,7 @@ def _build_poller() -> Poller:
         make_policy(settings.poll_policy, settings.poll_interval_s, settings.poll_max_interval_s),
         fire_signals,
         metrics=_metrics(),
+        wake=wake_chain,
     )
 
 

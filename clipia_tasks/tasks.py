@@ -28,6 +28,7 @@ from .delivery import CallbackDone, attempt_callback, chain_answered
 from .errors import PollPending, RedisFullError, RedisUnavailableError
 from .nouns import check_request_id
 from .poller import Again, Finish, get_poller
+from .record import ChainToResume
 from .redis_health import MEMORY, is_out_of_memory
 from .settings import get_settings, redact_url
 
@@ -260,6 +261,27 @@ def _deliver_callback(
     )
 
 
+def _send_chain(celery_app: Celery, chain: ChainToResume, retries: int) -> None:
+    """Send message ``retries`` of a chain again, under its own task id, links and callback."""
+    kwargs: dict[str, Any] = {"enqueued_at": chain.first_enqueued_at or time.time()}
+    if chain.callback_url:
+        kwargs["callback_url"] = chain.callback_url
+    celery_app.send_task(
+        POLL_TASK_NAME, args=[chain.request_id], kwargs=kwargs, task_id=chain.task_id,
+        retries=retries, link=chain.links.get("link"), link_error=chain.links.get("link_error"),
+    )
+
+
+def wake_chain(request_id: str, task_id: str, retries: int) -> None:
+    """Run a sleeping chain's next message now (its outcome is recorded: it answers at once).
+
+    The message still waiting out its countdown finds the chain answered and exits.
+    """
+    chain = _runtime.get_store().chain_to_resume(request_id, task_id)
+    if chain is not None:
+        _send_chain(app, chain, retries)
+
+
 def _sweep(self: Task) -> dict[str, int]:
     """Re-send every chain far past its planned next message (lost in a crash or outage)."""
     settings = get_settings()
@@ -272,13 +294,7 @@ def _sweep(self: Task) -> dict[str, int]:
             store.forget_chain(rid, task_id)  # the record expired: nothing to resume
             forgotten += 1
             continue
-        kwargs: dict[str, Any] = {"enqueued_at": chain.first_enqueued_at or now}
-        if chain.callback_url:
-            kwargs["callback_url"] = chain.callback_url
-        self.app.send_task(
-            POLL_TASK_NAME, args=[rid], kwargs=kwargs, task_id=task_id, retries=chain.retries,
-            link=chain.links.get("link"), link_error=chain.links.get("link_error"),
-        )
+        _send_chain(self.app, chain, chain.retries)
         store.plan(rid, task_id, now + settings.sweep_stale_after_s)
         resent += 1
     if resent or forgotten:

@@ -71,6 +71,9 @@ field                  holds                                            written 
 ``lease_until``        unix s the owner's lease ends                    claim, schedule,
                                                                         finish, release
 ``fatal``              last final API error, JSON ``{"type", "args"}``  release; claim clears
+``terminal_seen``      a terminal status reported before the outcome        schedule,
+                       (``status`` turns terminal only with it)         note_terminal,
+                                                                        finish clears
 ``webhook_id``         delivery id of the first verified webhook        note_terminal
 ``webhook_at``         unix s that webhook was noted                    note_terminal
 ``outcome``            COMPLETED / FAILED / CANCELED / TIMED_OUT        finish (first wins)

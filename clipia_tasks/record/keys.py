@@ -74,6 +74,7 @@ class Field(StrEnum):
     GEN = "gen"
     LEASE_UNTIL = "lease_until"
     FATAL = "fatal"
+    TERMINAL_SEEN = "terminal_seen"
     WEBHOOK_ID = "webhook_id"
     WEBHOOK_AT = "webhook_at"
     OUTCOME = "outcome"

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..nouns import Observation
+from ..nouns import TERMINAL_STATUSES, Observation
 from .history import decode_history
 from .keys import ChainField, Field
 
@@ -22,6 +22,17 @@ def _chain_values(raw: Mapping[str, str], kind: ChainField) -> dict[str, str]:
 
 def _chains(raw: Mapping[str, str], kind: ChainField) -> frozenset[str]:
     return frozenset(_chain_values(raw, kind))
+
+
+def _terminal_seen(raw: Mapping[str, str]) -> str | None:
+    if raw.get(Field.OUTCOME):
+        return None
+    seen = raw.get(Field.TERMINAL_SEEN)
+    if seen:
+        return seen
+    # Layout 0 wrote a terminal status seen before the outcome into ``status`` itself.
+    status = raw.get(Field.STATUS)
+    return status if status in TERMINAL_STATUSES else None
 
 
 def _num(value: str | None) -> float | None:
@@ -92,6 +103,9 @@ class RequestState:
     callbacks_done: frozenset[str] = frozenset()
     #: Unix time a verified webhook said the request ended, ``None`` if none did.
     webhook_at: float | None = None
+    #: A terminal status reported (by ``/status`` or a verified webhook) whose result is
+    #: not recorded yet; ``status`` turns terminal only with ``outcome``, in one write.
+    terminal_seen: str | None = None
     #: The record layout that last wrote it (0: written before the field existed).
     layout: int = 0
 
@@ -137,6 +151,7 @@ class RequestState:
                 t for t, v in _chain_values(raw, ChainField.CALLBACK_DONE).items() if v == "done"
             ),
             webhook_at=_num(raw.get(Field.WEBHOOK_AT)),
+            terminal_seen=_terminal_seen(raw),
             layout=_int(raw.get(Field.LAYOUT)) or 0,
         )
 

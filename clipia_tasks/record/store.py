@@ -58,6 +58,9 @@ class Role(StrEnum):
     OWNER = "owner"
     #: Another chain polls; read the record on our own countdowns.
     FOLLOWER = "follower"
+    #: Another chain owns the request, but a terminal status was reported (a webhook):
+    #: fetch the result now instead of waiting for the owner's countdown.
+    FETCH = "fetch"
     #: A superseded message of a chain that has moved on: exit, call nothing.
     STALE = "stale"
 

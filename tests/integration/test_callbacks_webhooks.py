@@ -153,6 +153,85 @@ def test_a_webhook_and_a_poller_complete_the_request_once(
     assert late == []
 
 
+def test_a_webhook_completes_a_request_whose_poller_sleeps_in_a_long_countdown(
+    simulator: Any, celery_env: dict[str, str], worker: Worker, worker_logs: Any,
+    redis_client: redis.Redis,
+) -> None:
+    # Given a poller that polls every 30 s (the owner sleeps in its countdown)
+    sim = simulator.simulator
+    slow = Worker(celery_env, worker_logs, queue="sleepy", name="sleepy",
+                  extra_env={"CLIPIA_POLL_POLICY": "fixed", "CLIPIA_POLL_INTERVAL": "30",
+                             "CLIPIA_POLL_MAX_INTERVAL": "30"}).start()
+    try:
+        rid = sim.create({"run_s": 1.5, "progress": "none"})
+        res = poll_request.apply_async((rid,), queue="sleepy")
+        wait_for(lambda: sim.calls(request_id=rid, endpoint="status"), timeout_s=20)
+        wait_for(lambda: sim.status_of(rid)["status"] == "COMPLETED", timeout_s=20)
+        # Until the webhook arrives, the record shows the request running
+        state = get_state(rid)
+        assert state is not None and state.status == "IN_PROGRESS" and state.outcome is None
+        # When the signed webhook arrives (the owner's next poll is ~28 s away)
+        sent = time.monotonic()
+        assert handle_webhook(*signed({"request_id": rid, "status": "OK"}))[0] == 200
+        # Then the result is fetched and recorded now, not at the owner's next poll
+        done = wait_for(lambda: (s := get_state(rid)) and s.outcome and s, timeout_s=10)
+        # (recorded ... s after the webhook: measured in benchmarks, not asserted here)
+        assert time.monotonic() - sent < 10
+        assert done.outcome == "COMPLETED" and done.status == "COMPLETED"
+        assert done.progress == 100
+        # And the caller's AsyncResult answers now too, with one result call in all
+        assert res.get(timeout=10)["status"] == "COMPLETED"
+        assert len(sim.calls(request_id=rid, endpoint="result")) == 1
+        assert len(sim.calls(request_id=rid, endpoint="status")) == 1
+        wait_for(lambda: signal_counts(redis_client, rid)["completed"] == 1)
+        time.sleep(1)
+        assert signal_counts(redis_client, rid) == {"completed": 1}
+    finally:
+        slow.stop()
+
+
+def test_a_webhook_before_the_outcome_does_not_make_the_status_terminal(
+    celery_env: dict[str, str],
+) -> None:
+    from clipia_tasks import _runtime
+
+    store = _runtime.get_store()
+    rid = "0f4c4f6e-8a39-4a4c-9d61-2b4f0f2a7c11"
+    store.claim(rid, "t1", 0, first_enqueued_at=time.time(), timeout_s=60, lease_s=600,
+                run_s=10)
+    store.schedule(rid, "t1", gen_next=1, lease_until=time.time() + 600,
+                   wake_at=time.time() + 300, fields={"status": "IN_PROGRESS", "progress": 40})
+    store.note_terminal(rid, "COMPLETED", webhook_id="w", timeout_s=60)
+    state = get_state(rid)
+    assert state is not None and state.status == "IN_PROGRESS" and state.progress == 40
+    assert state.terminal_seen == "COMPLETED" and state.webhook_at is not None
+    assert state.outcome is None
+
+
+def test_fifty_concurrent_duplicate_webhooks_and_a_poller_fire_the_signal_once(
+    sim: Any, redis_client: redis.Redis
+) -> None:
+    import threading
+
+    rid = sim.create({"run_s": 1.0, "progress": "linear"})
+    res = poll_request.delay(rid)
+    wait_for(lambda: sim.status_of(rid)["status"] == "COMPLETED", timeout_s=20)
+    answers: list[int] = []
+    threads = [threading.Thread(target=lambda i=i: answers.append(handle_webhook(
+        *signed({"request_id": rid, "status": "OK"}, webhook_id=f"dup-{i}"))[0]))
+        for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [200] * 50
+    assert res.get(timeout=30)["status"] == "COMPLETED"
+    wait_for(lambda: signal_counts(redis_client, rid)["completed"] == 1)
+    time.sleep(1.5)
+    assert signal_counts(redis_client, rid) == {"completed": 1}
+    assert len(sim.calls(request_id=rid, endpoint="result")) <= 2  # 2 only after a 202
+
+
 @pytest.mark.parametrize("tamper", ["body", "old", "secret", "missing"])
 def test_bad_webhooks_are_rejected_with_no_side_effect(
     sim: Any, redis_client: redis.Redis, tamper: str

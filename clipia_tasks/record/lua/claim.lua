@@ -8,7 +8,9 @@
 -- Writes: first_enqueued_at (unless registered), deadline_at and status SUBMITTED (the
 --   first claim only), layout,
 --   gen, w:<task_id>, owner, lease_until, fatal; ZADD chains; EXPIRE record.
--- Returns 'done' | 'owner' | 'follower' | 'stale'.
+-- Returns 'done' | 'owner' | 'follower' | 'fetch' | 'stale'. 'fetch': a terminal status
+-- was reported (terminal_seen, e.g. by a webhook) while another chain owns the request
+-- and sleeps in its countdown: this message fetches the result now, owning nothing.
 local k, chains = KEYS[1], KEYS[2]
 local task_id, retries, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local enq, timeout, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -36,6 +38,12 @@ else
   redis.call('HSET', k, 'w:' .. task_id, tostring(retries))
   if owner and owner ~= '' and now < lease then
     role = 'follower'
+    local reported = redis.call('HGET', k, 'terminal_seen') or ''
+    local status = redis.call('HGET', k, 'status')
+    if status == 'COMPLETED' or status == 'FAILED' or status == 'CANCELED' then
+      reported = status  -- layout 0 kept a reported terminal status in 'status'
+    end
+    if reported ~= '' then role = 'fetch' end
   else
     redis.call('HSET', k, 'owner', task_id, 'gen', tostring(retries),
                'lease_until', tostring(now + tonumber(ARGV[7])), 'fatal', '')
