@@ -42,6 +42,16 @@ _LOCAL_HTTP = re.compile(r"^http://(localhost|127\.0\.0\.1)(:\d+)?(/.*)?$", re.I
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
+def _checked_if_sentinel(value: str | None) -> str | None:
+    """The URL stripped; a ``sentinel://`` one parsed (ValueError says what is wrong)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if is_sentinel(value):
+        parse_sentinel_url(value)
+    return value
+
+
 def _env(*names: str) -> Any:
     return AliasChoices(*names)
 
@@ -162,11 +172,8 @@ class Settings(BaseSettings):
     @field_validator("redis_url", "result_backend")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip()
-        if is_sentinel(value):
-            parse_sentinel_url(value)
+        value = _checked_if_sentinel(value)
+        if value is None or is_sentinel(value):
             return value
         parts = urlsplit(value)
         if parts.scheme not in _REDIS_SCHEMES:
@@ -183,12 +190,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_broker_url(cls, value: str | None) -> str | None:
         # Any broker Celery knows is accepted; a sentinel:// one is checked like REDIS_URL.
-        if value is None:
-            return None
-        value = value.strip()
-        if is_sentinel(value):
-            parse_sentinel_url(value)
-        return value
+        return _checked_if_sentinel(value)
 
     @model_validator(mode="after")
     def _check_intervals(self) -> Settings:
