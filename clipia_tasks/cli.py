@@ -92,8 +92,9 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from .simulator import SimulatorServer
 
     with ExitStack() as stack:
-        redis_url = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
-        if not args.private_redis and _redis_answers(redis_url):
+        # Only a Redis the user named: never one that merely happens to run here.
+        redis_url = os.environ.get("REDIS_URL", "")
+        if redis_url and not args.private_redis and _redis_answers(redis_url):
             console.print(f"Redis: using REDIS_URL ({redact_url(redis_url)})")
         else:
             server = RedisServer().start()
