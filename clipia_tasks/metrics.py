@@ -13,6 +13,8 @@ without the setting (or without the ``monitoring`` extra) pays nothing.
 ``clipia_tasks_completions_total``        requests recorded COMPLETED
 ``clipia_tasks_failures_total{status}``   requests recorded FAILED / CANCELED
 ``clipia_tasks_timeouts_total``           requests past CLIPIA_POLL_TIMEOUT
+``clipia_tasks_webhook_fallbacks_total``  requests that expected a webhook, ended
+                                          by polling (no verified webhook came)
 ``clipia_tasks_time_to_completion_seconds``  first enqueue -> outcome recorded
 ========================================  ======================================
 
@@ -48,6 +50,9 @@ class NullMetrics:
     def outcome(self, outcome: str, duration_s: float | None) -> None:
         pass
 
+    def webhook_fallback(self) -> None:
+        pass
+
 
 Metrics = NullMetrics
 
@@ -64,6 +69,8 @@ class PrometheusMetrics(NullMetrics):
         self._failed = Counter("clipia_tasks_failures", "Requests FAILED or CANCELED",
                                ["status"])
         self._timeouts = Counter("clipia_tasks_timeouts", "Requests past the poll deadline")
+        self._fallbacks = Counter("clipia_tasks_webhook_fallbacks",
+                                  "Requests that expected a webhook but were ended by polling")
         self._latency = Histogram("clipia_tasks_time_to_completion_seconds",
                                   "From first enqueue to recorded outcome", buckets=_BUCKETS_S)
 
@@ -72,6 +79,9 @@ class PrometheusMetrics(NullMetrics):
 
     def api_error(self, code: str) -> None:
         self._errors.labels(code=code or "unknown").inc()
+
+    def webhook_fallback(self) -> None:
+        self._fallbacks.inc()
 
     def outcome(self, outcome: str, duration_s: float | None) -> None:
         if outcome == Outcome.COMPLETED:

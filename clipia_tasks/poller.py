@@ -103,6 +103,11 @@ UNKNOWN_POLLS_PER_RESULT = 3
 PAUSE_JITTER_RATIO = 0.1
 #: ... but over at least this many seconds.
 PAUSE_JITTER_MIN_S = 1.0
+#: After CLIPIA_WEBHOOK_FALLBACK_AFTER, a request that expects a webhook is polled at
+#: most every this fraction of its age (a lost webhook costs at most ~25 % of its length).
+WEBHOOK_SAFETY_NET_RATIO = 0.2
+#: At most one WARNING per this many seconds about requests ended by the fallback.
+FALLBACK_WARNING_EVERY_S = 60.0
 #: A status call that was sent but never answered (its worker died) may have reached
 #: the API up to this long after it was stamped; the next call keeps its gap from there.
 UNANSWERED_MARGIN_S = 1.0
@@ -197,6 +202,8 @@ class Poller:
         self.rng = rng
         #: Sends a sleeping chain's next message now: (request_id, task_id, message number).
         self.wake = wake
+        self._fallback_warned_at = float("-inf")
+        self._fallbacks_unreported = 0
 
     def __repr__(self) -> str:
         return f"Poller(base_url={self.settings.base_url!r})"
@@ -266,6 +273,12 @@ class Poller:
             return self._schedule(state, task_id, retries, state.next_poll_at, {}, "waiting")
         if now >= deadline:
             return self._time_out(state, now)
+        if state.expects_webhook and state.terminal_seen is None:
+            fallback_at = (state.first_enqueued_at or now) + s.webhook_fallback_after_s
+            if now < fallback_at - 0.05:
+                # The webhook should end it; a status call now would only cost quota.
+                return self._schedule(state, task_id, retries, fallback_at, {},
+                                      "waiting for the webhook")
         paused = self.store.pause_until(self.client.key_fingerprint)
         if paused > now:
             # Another poller of this key was told to slow down: so are we. Each poller
@@ -360,6 +373,10 @@ class Poller:
             fields[Field.UNKNOWN_LOGGED] = 1
         ctx = PollContext(elapsed_s=now - first, polls=polls, history=tuple(history))
         delay = self.policy.next_delay(ctx)
+        if state.expects_webhook:
+            # Past the fallback delay the webhook may be lost: poll as a safety net, at
+            # most every WEBHOOK_SAFETY_NET_RATIO of the request's age.
+            delay = max(delay, WEBHOOK_SAFETY_NET_RATIO * (now - first))
         if unknown_polls:
             # An undocumented status says nothing about when it ends: back off,
             # whatever the policy reads into it.
@@ -529,9 +546,25 @@ class Poller:
         })
         if self.store.finish(rid, fields):
             self._count_outcome(state, outcome, now)
+            if state.expects_webhook and state.webhook_at is None:
+                self._fallback_ended(rid)
             log.info("request %s ended %s", rid, outcome,
                      extra={"request_id": rid, "task_id": state.owner})
         return self._conclude_fresh(rid)
+
+    def _fallback_ended(self, rid: str) -> None:
+        """A request that expected a webhook was ended by polling: count it, warn now and then."""
+        self.metrics.webhook_fallback()
+        self._fallbacks_unreported += 1
+        now = self.clock()
+        if now - self._fallback_warned_at >= FALLBACK_WARNING_EVERY_S:
+            log.warning(
+                "%d request(s) that expected a webhook were ended by polling instead (the "
+                "last: %s); no verified webhook arrived: check the webhook_url you submit "
+                "with, and that CLIPIA_WEBHOOK_SECRET matches Clipia's signing secret",
+                self._fallbacks_unreported, rid, extra={"request_id": rid},
+            )
+            self._fallback_warned_at, self._fallbacks_unreported = now, 0
 
     def _count_outcome(self, state: RequestState, outcome: str, now: float) -> None:
         first = state.first_enqueued_at

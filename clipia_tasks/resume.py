@@ -58,8 +58,8 @@ def resume(
     """Enqueue ``poll_request`` for every id that has not ended; one :class:`Resumed` each.
 
     All ids and options are checked first (``ValueError`` names a bad id,
-    ``TypeError`` an option this version of ``poll_request`` does not take;
-    nothing is enqueued then). ``callback_url``, ``model`` and ``expect_webhook``
+    ``TypeError`` an option this version of ``poll_request`` does not take — ``model``
+    for now; nothing is enqueued then). ``callback_url``, ``model`` and ``expect_webhook``
     are passed to ``poll_request`` as given; the defaults pass nothing.
     """
     from .tasks import POLL_KWARGS, poll_request

@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     )
     #: Verifies Clipia's signed webhooks in the webhook bridge.
     webhook_secret: SecretStr | None = Field(None, validation_alias=_env("CLIPIA_WEBHOOK_SECRET"))
+    #: A request that expects a webhook is not polled before this long (then sparsely).
+    webhook_fallback_after_s: float = Field(
+        20.0, gt=0, le=30, validation_alias=_env("CLIPIA_WEBHOOK_FALLBACK_AFTER")
+    )
     #: How often beat runs the sweep that resumes lost polling chains.
     sweep_interval_s: float = Field(30.0, gt=0, validation_alias=_env("CLIPIA_SWEEP_INTERVAL"))
     #: A chain this far past its planned next message is presumed lost and re-sent.

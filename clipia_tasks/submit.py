@@ -65,7 +65,10 @@ def submit(
         answer = client.submit(model, input, webhook_url=webhook_url, idempotency_key=key)
     finally:
         client.close()
-    kwargs = {"callback_url": callback_url} if callback_url else {}
+    kwargs: dict[str, Any] = {"callback_url": callback_url} if callback_url else {}
+    if webhook_url:
+        # Clipia will POST the outcome: polling waits CLIPIA_WEBHOOK_FALLBACK_AFTER first.
+        kwargs["expect_webhook"] = True
     options = {"queue": queue} if queue else {}
     result = poll_request.apply_async((answer["request_id"],), kwargs, **options)
     return Submission(answer["request_id"], result, key)

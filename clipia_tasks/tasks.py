@@ -37,7 +37,7 @@ __all__ = ["PollRequestTask", "deliver_callback", "install", "poll_request", "sw
 log = logging.getLogger("clipia_tasks.tasks")
 
 #: The keyword arguments ``poll_request`` takes (besides ``request_id``).
-POLL_KWARGS = frozenset({"request_id", "enqueued_at", "callback_url"})
+POLL_KWARGS = frozenset({"request_id", "enqueued_at", "callback_url", "expect_webhook"})
 
 
 class _NoRetryStateBackend:
@@ -108,8 +108,14 @@ class PollRequestTask(Task):  # type: ignore[misc]
         if unknown:
             raise TypeError(
                 f"poll_request got unexpected arguments {sorted(unknown)}; "
-                "it takes request_id and optionally callback_url"
+                "it takes request_id and optionally callback_url and expect_webhook"
             )
+        if "expect_webhook" in kwargs:
+            if not isinstance(kwargs["expect_webhook"], bool):
+                raise TypeError("poll_request: expect_webhook must be True or False, got "
+                                f"{kwargs['expect_webhook']!r}")
+            if not kwargs["expect_webhook"]:
+                del kwargs["expect_webhook"]
         if kwargs.get("callback_url") is not None:
             kwargs["callback_url"] = check_callback_url(kwargs["callback_url"])
             get_settings().require_callback_secret()
@@ -193,15 +199,19 @@ def _unreachable_redis(celery_app: Celery) -> str | None:
     return None
 
 
-def _remember_chain(request_id: str, task: Task, callback_url: str | None) -> None:
-    """What the sweep needs to re-send this chain faithfully: its callback and links."""
+def _remember_chain(
+    request_id: str, task: Task, callback_url: str | None, expect_webhook: bool
+) -> None:
+    """What the sweep needs to re-send this chain faithfully: callback, links, webhook."""
     req = task.request
-    if (req.retries or 0) > 0 or not (callback_url or req.callbacks or req.errbacks):
+    if (req.retries or 0) > 0 or not (callback_url or req.callbacks or req.errbacks
+                                      or expect_webhook):
         return
     links = {"link": req.callbacks or None, "link_error": req.errbacks or None}
     _runtime.get_store().remember_chain(
         request_id, req.id, callback_url=callback_url,
         links=links if (req.callbacks or req.errbacks) else None,
+        expect_webhook=expect_webhook,
     )
 
 
@@ -210,11 +220,12 @@ def _poll_request(
     request_id: str,
     enqueued_at: float | None = None,
     callback_url: str | None = None,
+    expect_webhook: bool = False,
 ) -> Any:
     """Follow one Clipia request to its end; returns the result body when COMPLETED."""
     request_id = check_request_id(request_id)
     try:
-        _remember_chain(request_id, self, callback_url)
+        _remember_chain(request_id, self, callback_url, expect_webhook)
         step = get_poller().step(
             request_id, self.request.id, self.request.retries or 0, enqueued_at
         )
@@ -266,6 +277,8 @@ def _send_chain(celery_app: Celery, chain: ChainToResume, retries: int) -> None:
     kwargs: dict[str, Any] = {"enqueued_at": chain.first_enqueued_at or time.time()}
     if chain.callback_url:
         kwargs["callback_url"] = chain.callback_url
+    if chain.expect_webhook:
+        kwargs["expect_webhook"] = True
     celery_app.send_task(
         POLL_TASK_NAME, args=[chain.request_id], kwargs=kwargs, task_id=chain.task_id,
         retries=retries, link=chain.links.get("link"), link_error=chain.links.get("link_error"),

@@ -71,6 +71,8 @@ field                  holds                                            written 
 ``lease_until``        unix s the owner's lease ends                    claim, schedule,
                                                                         finish, release
 ``fatal``              last final API error, JSON ``{"type", "args"}``  release; claim clears
+``expects_webhook``    ``1``: a webhook should end it; polling waits      remember_chain
+                       ``CLIPIA_WEBHOOK_FALLBACK_AFTER`` first
 ``terminal_seen``      a terminal status reported before the outcome        schedule,
                        (``status`` turns terminal only with it)         note_terminal,
                                                                         finish clears

@@ -75,6 +75,7 @@ class Field(StrEnum):
     LEASE_UNTIL = "lease_until"
     FATAL = "fatal"
     TERMINAL_SEEN = "terminal_seen"
+    EXPECTS_WEBHOOK = "expects_webhook"
     WEBHOOK_ID = "webhook_id"
     WEBHOOK_AT = "webhook_at"
     OUTCOME = "outcome"

@@ -106,6 +106,8 @@ class RequestState:
     #: A terminal status reported (by ``/status`` or a verified webhook) whose result is
     #: not recorded yet; ``status`` turns terminal only with ``outcome``, in one write.
     terminal_seen: str | None = None
+    #: A webhook is expected to end it (polling is a late safety net).
+    expects_webhook: bool = False
     #: The record layout that last wrote it (0: written before the field existed).
     layout: int = 0
 
@@ -152,6 +154,7 @@ class RequestState:
             ),
             webhook_at=_num(raw.get(Field.WEBHOOK_AT)),
             terminal_seen=_terminal_seen(raw),
+            expects_webhook=raw.get(Field.EXPECTS_WEBHOOK) == "1",
             layout=_int(raw.get(Field.LAYOUT)) or 0,
         )
 

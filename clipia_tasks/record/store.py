@@ -125,6 +125,7 @@ class ChainToResume:
     callback_url: str | None = None
     #: Celery ``link`` / ``link_error`` signatures as stored at the first message.
     links: dict[str, Any] = field(default_factory=dict)
+    expect_webhook: bool = False
 
 
 def _flat(fields: Mapping[str, Any]) -> list[str]:
@@ -246,6 +247,7 @@ class RecordStore:
             first_enqueued_at=float(first) if first else None,
             callback_url=raw.get(ChainField.CALLBACK_URL.of(task_id)) or None,
             links=json.loads(raw.get(ChainField.LINKS.of(task_id)) or "{}"),
+            expect_webhook=raw.get(Field.EXPECTS_WEBHOOK) == "1",
         )
 
     # -- the polling chain ---------------------------------------------------------
@@ -257,9 +259,15 @@ class RecordStore:
         *,
         callback_url: str | None,
         links: Mapping[str, Any] | None,
+        expect_webhook: bool = False,
     ) -> None:
-        """Store what the sweep needs to re-send this chain: its callback URL and links."""
+        """Store what the sweep needs to re-send this chain: its callback URL and links.
+
+        ``expect_webhook`` marks the request (not only this chain) as ending by webhook.
+        """
         fields: dict[str, Any] = {}
+        if expect_webhook:
+            fields[Field.EXPECTS_WEBHOOK] = "1"
         if callback_url:
             fields[ChainField.CALLBACK_URL.of(task_id)] = callback_url
         if links:

@@ -1,4 +1,4 @@
-"""FastAPI: submit with a Clipia webhook, show progress, complete through the webhook bridge.
+"""FastAPI: submit with a Clipia webhook, show the state, complete through the webhook bridge.
 
 Clipia POSTs a signed webhook to ``/hooks/clipia`` when the generation ends; the
 package's bridge verifies it with ``CLIPIA_WEBHOOK_SECRET`` and has a worker fetch

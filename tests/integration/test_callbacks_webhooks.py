@@ -232,6 +232,38 @@ def test_fifty_concurrent_duplicate_webhooks_and_a_poller_fire_the_signal_once(
     assert len(sim.calls(request_id=rid, endpoint="result")) <= 2  # 2 only after a 202
 
 
+def test_an_expected_webhook_replaces_polling_and_a_lost_one_is_caught_by_the_fallback(
+    simulator: Any, celery_env: dict[str, str], worker: Worker, worker_logs: Any,
+    redis_client: redis.Redis,
+) -> None:
+    sim = simulator.simulator
+    fallback_s = 3.0
+    w = Worker(celery_env, worker_logs, queue="expects", name="expects",
+               extra_env={"CLIPIA_WEBHOOK_FALLBACK_AFTER": str(fallback_s)}).start()
+    try:
+        # Given two requests submitted with a webhook_url (expect_webhook=True)
+        arrives, lost = sim.create({"run_s": 0.5}), sim.create({"run_s": 0.5})
+        results = {rid: poll_request.apply_async((rid,), {"expect_webhook": True},
+                                                 queue="expects") for rid in (arrives, lost)}
+        enqueued = time.time()
+        wait_for(lambda: sim.status_of(arrives)["status"] == "COMPLETED", timeout_s=20)
+        # When the webhook of one arrives, and the other's never does
+        assert handle_webhook(*signed({"request_id": arrives, "status": "OK"}))[0] == 200
+        # Then the first completes with no status call at all
+        assert results[arrives].get(timeout=20)["status"] == "COMPLETED"
+        assert sim.calls(request_id=arrives, endpoint="status") == []
+        # And the second completes by the fallback: no status call before it
+        assert results[lost].get(timeout=30)["status"] == "COMPLETED"
+        calls = sim.calls(request_id=lost, endpoint="status")
+        assert calls and calls[0].at >= enqueued + fallback_s - 0.1
+        wait_for(lambda: "expected a webhook were ended by polling" in w.log(), 10)
+        assert w.log().count("expected a webhook were ended by polling") == 1
+        for rid in (arrives, lost):
+            wait_for(lambda rid=rid: signal_counts(redis_client, rid)["completed"] == 1)
+    finally:
+        w.stop()
+
+
 @pytest.mark.parametrize("tamper", ["body", "old", "secret", "missing"])
 def test_bad_webhooks_are_rejected_with_no_side_effect(
     sim: Any, redis_client: redis.Redis, tamper: str

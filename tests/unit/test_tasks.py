@@ -48,3 +48,8 @@ def test_importing_the_package_reads_no_setting() -> None:
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "CLIPIA_POLL_INTERVAL" in run.stdout
+
+
+def test_expect_webhook_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="expect_webhook must be True or False"):
+        poll_request.delay("764cabcf-b745-4b3e-ae38-1200304cf45b", expect_webhook="yes")
