@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from . import _runtime
 from .nouns import check_request_id
+from .state import get_state
 
 __all__ = ["ResumeAction", "Resumed", "resume"]
 
@@ -57,7 +57,8 @@ def resume(
 ) -> list[Resumed]:
     """Enqueue ``poll_request`` for every id that has not ended; one :class:`Resumed` each.
 
-    All ids and options are checked first (``ValueError`` names a bad id,
+    Raises :class:`~clipia_tasks.errors.RedisUnavailableError` when Redis does not
+    answer. All ids and options are checked first (``ValueError`` names a bad id,
     ``TypeError`` an option this version of ``poll_request`` does not take — ``model``
     for now; nothing is enqueued then). ``callback_url``, ``model`` and ``expect_webhook``
     are passed to ``poll_request`` as given; the defaults pass nothing.
@@ -76,10 +77,9 @@ def resume(
     if unsupported:
         raise TypeError(f"resume: poll_request in this version does not take {unsupported}; "
                         "nothing was enqueued")
-    store = _runtime.get_store()
     out = []
     for rid in dict.fromkeys(ids):
-        state = store.get(rid)
+        state = get_state(rid)  # RedisUnavailableError, naming the URL, if Redis is away
         if state is not None and state.outcome:
             out.append(Resumed(rid, ResumeAction.ALREADY_ENDED))
             continue

@@ -117,6 +117,11 @@ def test_resume_follows_unknown_ids_and_leaves_ended_ones(
     bad = subprocess.run([*CLI, "resume", "nope"], env=env, capture_output=True, text=True,
                          timeout=60, cwd=ROOT)
     assert bad.returncode == 2 and "not a Clipia request id" in bad.stdout + bad.stderr
+    down = {**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    run = subprocess.run([*CLI, "resume", unknown], env=down, capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert run.returncode == 1 and "cannot reach Redis" in run.stdout + run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
 
 
 def test_status_and_doctor_report_in_json(simulator: Any, worker: Worker,
