@@ -52,6 +52,10 @@ def _checked_if_sentinel(value: str | None) -> str | None:
     return value
 
 
+#: Fields holding URLs that may carry a password (redacted in ``repr``).
+_URL_FIELDS = frozenset({"redis_url", "broker_url", "result_backend"})
+
+
 def _env(*names: str) -> Any:
     return AliasChoices(*names)
 
@@ -210,6 +214,13 @@ class Settings(BaseSettings):
                 "visibility timeout)"
             )
         return self
+
+    def __repr_args__(self) -> Any:
+        # Secrets are SecretStr already; a Redis URL may carry a password too.
+        for name, value in super().__repr_args__():
+            if name in _URL_FIELDS and isinstance(value, str):
+                value = redact_url(value)
+            yield name, value
 
     # -- derived values --------------------------------------------------------
 

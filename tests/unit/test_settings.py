@@ -250,3 +250,11 @@ def test_redact_url_hides_every_password(url: str, redacted: str) -> None:
     from clipia_tasks.settings import redact_url
 
     assert redact_url(url) == redacted
+
+
+def test_repr_shows_no_redis_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://:r3dis-pw@cache:6379/0")
+    monkeypatch.setenv("CELERY_BROKER_URL", "sentinel://:br0ker-pw@s1:26379/0;sentinel://s2:26379/0")
+    text = repr(load_settings())
+    assert "r3dis-pw" not in text and "br0ker-pw" not in text
+    assert "redis://:***@cache:6379/0" in text
