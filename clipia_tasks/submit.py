@@ -54,8 +54,14 @@ def submit(
     webhook_url: str | None = None,
     callback_url: str | None = None,
     queue: str | None = None,
+    expect_webhook: bool | None = None,
 ) -> Submission:
-    """Submit through the official SDK, then ``poll_request.delay`` the new request id."""
+    """Submit through the official SDK, then ``poll_request.delay`` the new request id.
+
+    With a ``webhook_url`` the request is marked as expecting a webhook (polling waits
+    ``CLIPIA_WEBHOOK_FALLBACK_AFTER`` first) unless ``expect_webhook=False``: then it is
+    polled as usual (live progress) and the webhook still completes it at once.
+    """
     from .tasks import poll_request
 
     settings = get_settings()
@@ -66,7 +72,7 @@ def submit(
     finally:
         client.close()
     kwargs: dict[str, Any] = {"callback_url": callback_url} if callback_url else {}
-    if webhook_url:
+    if webhook_url and expect_webhook is not False:
         # Clipia will POST the outcome: polling waits CLIPIA_WEBHOOK_FALLBACK_AFTER first.
         kwargs["expect_webhook"] = True
     options = {"queue": queue} if queue else {}

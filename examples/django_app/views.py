@@ -1,4 +1,9 @@
-"""The web side: submit after the transaction commits, show progress, show completion."""
+"""The web side: submit after the transaction commits, show progress, show completion.
+
+Requests are submitted with a ``webhook_url`` pointing at this app's ``/hooks/clipia``
+(``clipia_tasks.contrib.django.clipia_webhook``): Clipia's signed webhook completes the
+request at once, and polling is only the safety net in case it never arrives.
+"""
 
 from __future__ import annotations
 
@@ -24,13 +29,26 @@ def completion_key(request_id: str) -> str:
     return f"generation-done:{request_id}"
 
 
-def start_generation(prompt: str, sim: dict[str, Any] | None, caller_id: str) -> dict[str, str]:
-    """Submit to Clipia and start following the request (``poll_request.delay``)."""
+def webhook_url(request: HttpRequest) -> str:
+    """Where Clipia must deliver the webhook: this app, reachable from outside.
+
+    Behind a proxy or tunnel set ``PUBLIC_URL`` (e.g. ``https://app.example.com``).
+    """
+    base = os.environ.get("PUBLIC_URL") or request.build_absolute_uri("/")
+    return base.rstrip("/") + "/hooks/clipia"
+
+
+def start_generation(prompt: str, sim: dict[str, Any] | None, caller_id: str,
+                     hook_url: str) -> dict[str, str]:
+    """Submit to Clipia with a webhook and start following the request."""
     generation_input: dict[str, Any] = {"prompt": prompt}
     if sim is not None:
         generation_input["sim"] = sim  # the simulator's script; never sent to the real API
     # caller_id makes the submit idempotent: a retried call gets the same request back.
-    sub = clipia_tasks.submit(MODEL, generation_input, caller_id=caller_id)
+    # webhook_url: Clipia POSTs the outcome to /hooks/clipia; until CLIPIA_WEBHOOK_FALLBACK_AFTER
+    # no status call is made, after it polling is a sparse safety net.
+    sub = clipia_tasks.submit(MODEL, generation_input, caller_id=caller_id,
+                              webhook_url=hook_url)
     return {"request_id": sub.request_id, "task_id": sub.result.id}
 
 
@@ -46,6 +64,7 @@ def create_generation(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"error": 'expected JSON {"prompt": "...", "sim"?: {...}}'},
                             status=400)
     caller_id = str(body.get("client_ref") or uuid.uuid4())
+    hook_url = webhook_url(request)
     started: dict[str, str] = {}
     with transaction.atomic():
         # Your own writes go here, e.g.
@@ -55,7 +74,8 @@ def create_generation(request: HttpRequest) -> JsonResponse:
         # must not leave a paid generation behind. (Outside an atomic block on_commit
         # runs the function at once.)
         transaction.on_commit(
-            lambda: started.update(start_generation(prompt, body.get("sim"), caller_id))
+            lambda: started.update(start_generation(prompt, body.get("sim"), caller_id,
+                                                   hook_url))
         )
     # The outermost atomic block has committed, so the callback has run. (With
     # ATOMIC_REQUESTS = True it would run after this view returns: then store the

@@ -28,3 +28,30 @@ def test_the_policy_benchmark_prints_the_table_and_writes_json(tmp_path: Path) -
     for result in data["results"].values():
         assert result["requests"] == 3 and result["unfinished"] == 0
         assert result["calls_mean"] >= 2  # at least one status and one result call
+
+
+def test_the_webhook_benchmark_prints_both_tables_and_writes_json(tmp_path: Path) -> None:
+    # Tiny: 3 sleeping owners, 1 request per scenario of 4-6 s, an 8 s fallback delay
+    run = subprocess.run(
+        [sys.executable, "benchmarks/webhooks.py", "--quick", "--owners", "3", "-n", "1",
+         "--max-length", "6", "--fallback", "8", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Webhook during a 60 s countdown" in run.stdout
+    (report,) = tmp_path.glob("webhooks-quick-*.json")
+    data = json.loads(report.read_text())
+    owners = data["sleeping_owners"]
+    assert owners["recorded"] == owners["ended_by_webhook"] == 3
+    assert owners["signals_per_request"] == [[1, 3]]
+    assert owners["callbacks_per_request"] == [[1, 3]]
+    assert owners["result_calls_max"] == 1
+    assert set(data["scenarios"]) == {"webhook at once", "webhook 5 s late", "webhook lost",
+                                      "polling only"}
+    for scenario in data["scenarios"].values():
+        assert scenario["unfinished"] == 0
+    # A prompt webhook needs no status call; polling alone needs at least one
+    assert data["scenarios"]["webhook at once"]["status_calls_p50"] == 0
+    assert data["scenarios"]["polling only"]["status_calls_p50"] >= 1
+    # The lost webhook was caught by the fallback's status calls
+    assert data["scenarios"]["webhook lost"]["status_calls_p50"] >= 1

@@ -383,3 +383,33 @@ def test_the_adapters_without_a_secret_log_why_and_answer_500_json(
     finally:
         monkeypatch.undo()
         reset_settings()
+
+
+def test_submit_with_a_webhook_url_expects_the_webhook_unless_told_otherwise(
+    sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clipia_tasks import submit
+    from clipia_tasks.settings import reset_settings
+    from tests.conftest import TEST_KEY
+
+    monkeypatch.setenv("CLIPIA_API_KEY", TEST_KEY)  # submitting is an API call
+    reset_settings()
+    try:
+        hook = "http://127.0.0.1:9/hooks/clipia"  # nothing listens: no webhook will arrive
+        script = {"sim": {"queue_s": 1.0, "run_s": 1.0, "progress": "linear"}}
+        quiet = submit("sim/image", {"prompt": "a", **script}, webhook_url=hook)
+        live = submit("sim/image", {"prompt": "b", **script}, webhook_url=hook,
+                      expect_webhook=False)
+        # Then the request polled as usual finishes by polling, its progress seen
+        assert live.result.get(timeout=30)["status"] == "COMPLETED"
+        live_state = get_state(live.request_id)
+        assert live_state is not None and not live_state.expects_webhook
+        assert len(sim.calls(request_id=live.request_id, endpoint="status")) >= 2
+        # And the one expecting its webhook made no status call (fallback 20 s away)
+        quiet_state = get_state(quiet.request_id)
+        assert quiet_state is not None and quiet_state.expects_webhook
+        assert quiet_state.outcome is None and quiet_state.status == "SUBMITTED"
+        assert sim.calls(request_id=quiet.request_id, endpoint="status") == []
+    finally:
+        monkeypatch.delenv("CLIPIA_API_KEY")
+        reset_settings()

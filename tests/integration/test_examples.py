@@ -98,10 +98,10 @@ def assert_progress_was_visible(seen: list[dict[str, Any]]) -> None:
     assert statuses[-1] == "COMPLETED"
 
 
-# -- Django: transaction.on_commit + a signal receiver in the worker -------------------
+# -- Django: transaction.on_commit, a Clipia webhook, a signal receiver in the worker --
 
 
-def test_django_example_submits_on_commit_and_hears_the_signal(
+def test_django_example_submits_on_commit_with_a_webhook_and_hears_the_signal(
     stack: Stack, tmp_path: Path
 ) -> None:
     port = free_port()
@@ -140,8 +140,18 @@ def test_django_example_submits_on_commit_and_hears_the_signal(
         assert ok.json()["task_id"]
 
         final, seen = follow(get(rid))
-        assert_progress_was_visible(seen)
         assert final["outcome"] == "COMPLETED" and final["result"]["output"]
+        assert final["status"] == "COMPLETED" and final["progress"] == 100
+        # It ended by Clipia's signed webhook, delivered to this app's /hooks/clipia
+        # (submitted with webhook_url), with no status call: polling was only the
+        # safety net, and the request ended long before its fallback delay.
+        (attempt,) = stack.sim.webhook_attempts(rid)
+        assert attempt.url == f"http://127.0.0.1:{port}/hooks/clipia"
+        assert attempt.status_code == 200
+        assert stack.sim.calls(request_id=rid, endpoint="status") == []
+        assert len(stack.sim.calls(request_id=rid, endpoint="result")) == 1
+        # Until then the record said the request was submitted, not that it ended
+        assert {s["status"] for s in seen[:-1]} <= {"SUBMITTED"}
         # The receiver ran in the worker (not here) and left the outcome for the web side
         notified = wait_for(lambda: get(rid)()[1]["notified"])
         assert notified["outcome"] == "COMPLETED" and notified["delivery_id"] == rid
