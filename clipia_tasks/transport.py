@@ -145,7 +145,12 @@ class _RestoringChannel:
     qos: Any
 
     def _connparams(self, asynchronous: bool = False) -> Any:
-        if self.connection.client is None:
+        # A channel closed by a lost connection has no connection at all: a task that
+        # was running then acks through it afterwards (seen: a worker stopped with
+        # "Unrecoverable error: AttributeError" after a Redis restart). A connection
+        # error instead is logged by kombu, and the message stays unacked in Redis, to
+        # be restored and redelivered (a redelivered poll is harmless).
+        if self.connection is None or self.connection.client is None:
             raise redis.exceptions.ConnectionError(
                 "the broker connection is closed; reconnecting")
         return super()._connparams(asynchronous)  # type: ignore[misc]  # mixin: kombu Channel
