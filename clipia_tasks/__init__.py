@@ -40,6 +40,7 @@ from .errors import (
     RetryableApiError,
     TransientError,
 )
+from .live import awatch, watch
 from .record import RequestState
 from .resume import ResumeAction, Resumed, resume
 from .settings import Settings, get_settings
@@ -71,6 +72,7 @@ __all__ = [
     "TransientError",
     "__version__",
     "app",
+    "awatch",
     "celery_config",
     "get_settings",
     "get_state",
@@ -78,4 +80,5 @@ __all__ = [
     "poll_request",
     "resume",
     "submit",
+    "watch",
 ]

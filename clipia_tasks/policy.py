@@ -36,6 +36,7 @@ __all__ = [
     "Phase",
     "PollContext",
     "classify",
+    "estimate_remaining_s",
     "make_policy",
     "split_countdown",
 ]
@@ -262,6 +263,17 @@ class FixedPolicy:
     def error_delay(self, consecutive_errors: int, retry_after_s: float | None) -> float:
         return BackoffPolicy(self.interval_s, max(self.max_interval_s, self.interval_s),
                              rng=lambda: 0.0).error_delay(consecutive_errors, retry_after_s)
+
+
+_ESTIMATOR = AdaptivePolicy()
+
+
+def estimate_remaining_s(history: tuple[Observation, ...]) -> float | None:
+    """Seconds until the predicted end (what a progress bar's ETA shows), or None.
+
+    The adaptive policy's midpoint estimate, whatever policy schedules the polls.
+    """
+    return _ESTIMATOR.remaining_s(history)
 
 
 def make_policy(name: str, interval_s: float, max_interval_s: float) -> DelayPolicy:

@@ -70,7 +70,13 @@ from .nouns import (
     check_request_id,
     classify,
 )
-from .policy import DelayPolicy, PollContext, make_policy, split_countdown
+from .policy import (
+    DelayPolicy,
+    PollContext,
+    estimate_remaining_s,
+    make_policy,
+    split_countdown,
+)
 from .record import (
     HISTORY_LEN,
     DeliveryTurn,
@@ -337,6 +343,8 @@ class Poller:
         history = [*state.history, Observation(round(now - first, 3), status,
                                                queue_position, progress)]
         polls = state.polls + 1
+        trimmed = trim_history(history, HISTORY_LEN)
+        remaining = estimate_remaining_s(tuple(trimmed))
         fields.update({
             Field.STATUS: status,
             Field.QUEUE_POSITION: queue_position,
@@ -346,7 +354,8 @@ class Poller:
             Field.LAST_POLL_AT: repr(answered_at),
             Field.POLLS: polls,
             Field.ERRORS: 0,
-            Field.HISTORY: encode_history(trim_history(history, HISTORY_LEN)),
+            Field.HISTORY: encode_history(trimmed),
+            Field.ETA_AT: "" if remaining is None else repr(round(answered_at + remaining, 3)),
         })
         phase = classify(status)
         self.metrics.poll()
@@ -543,6 +552,7 @@ class Poller:
             Field.ERROR: error_to_dict(error) if error else None,
             Field.FINISHED_AT: repr(now),
             Field.NEXT_POLL_AT: "",
+            Field.ETA_AT: "",
         })
         if self.store.finish(rid, fields):
             self._count_outcome(state, outcome, now)
@@ -599,6 +609,7 @@ class Poller:
                 Field.ERROR: error_to_dict(error),
                 Field.FINISHED_AT: repr(now),
                 Field.NEXT_POLL_AT: "",
+                Field.ETA_AT: "",
             },
         )
         if won:

@@ -31,6 +31,11 @@ key                         type    value                         written by    
                                     key holds off (after a 429)
 ``clipia:epoch``            string  random id; gone = Redis lost  ``start_epoch``  no TTL
                                     its data (redis_health)       (SET NX)
+``clipia:changes:<id>``     pub/sub a hint (``created``,          ``register``,    nothing
+                            channel ``changed``, ``finished``)    ``claim``,       stored
+                                    published in the same step    ``schedule``,
+                                    as the record change it       ``finish``
+                                    announces (:mod:`..live`)
 ==========================  ======  ============================  ===============  ============
 
 The record TTL is ``CLIPIA_RECORD_TTL``; the key tag is a one-way hash of the key.
@@ -82,6 +87,8 @@ field                  holds                                            written 
 ``result``             the result body as the API returned it (JSON)    finish
 ``error``              the outcome's error, JSON ``{"type", "args"}``   finish
 ``finished_at``        unix s the outcome was recorded                  finish
+``eta_at``             unix s the request is predicted to end, from     schedule
+                       its progress or queue drain; empty if unknown
 ``delivered``          ``1`` once the signals' receivers returned       end_delivery
 ``w:<task_id>``        last message number of a non-owner chain         claim
 ``ans:<task_id>``      ``1``: that chain answered its caller            answer_chain

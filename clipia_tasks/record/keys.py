@@ -13,6 +13,7 @@ from enum import StrEnum
 
 __all__ = [
     "CHAINS_KEY",
+    "CHANGES_PREFIX",
     "DELIVERY_LOCK_PREFIX",
     "EPOCH_KEY",
     "KEY_PREFIXES",
@@ -23,6 +24,7 @@ __all__ = [
     "ChainField",
     "Field",
     "chain_member",
+    "changes_channel",
     "record_key",
 ]
 
@@ -44,9 +46,14 @@ PAUSE_PREFIX = "clipia:pause:"
 #: String: a random id a worker writes when it finds none. Gone = Redis lost its data.
 EPOCH_KEY = "clipia:epoch"
 
-#: Every key and key prefix above (a test checks each is documented).
+#: Pub/sub channel per request id (not a key: nothing is stored). The scripts that
+#: change what ``RequestState.as_dict`` shows PUBLISH a short hint on it in the same
+#: atomic step; :mod:`clipia_tasks.live` subscribes and re-reads the record.
+CHANGES_PREFIX = "clipia:changes:"
+
+#: Every key and key prefix above, and the channel prefix (a test checks each is documented).
 KEY_PREFIXES = (REQUEST_PREFIX, POLL_LOCK_PREFIX, DELIVERY_LOCK_PREFIX, CHAINS_KEY, PAUSE_PREFIX,
-                EPOCH_KEY)
+                EPOCH_KEY, CHANGES_PREFIX)
 
 
 class Field(StrEnum):
@@ -82,6 +89,7 @@ class Field(StrEnum):
     RESULT = "result"
     ERROR = "error"
     FINISHED_AT = "finished_at"
+    ETA_AT = "eta_at"
     DELIVERED = "delivered"
 
 
@@ -107,6 +115,11 @@ class ChainField(StrEnum):
 def record_key(request_id: str) -> str:
     """The record hash of one request id."""
     return REQUEST_PREFIX + request_id
+
+
+def changes_channel(request_id: str) -> str:
+    """The pub/sub channel on which changes of one request's record are announced."""
+    return CHANGES_PREFIX + request_id
 
 
 def chain_member(request_id: str, task_id: str) -> str:

@@ -110,6 +110,8 @@ class RequestState:
     expects_webhook: bool = False
     #: The record layout that last wrote it (0: written before the field existed).
     layout: int = 0
+    #: Unix time the request is predicted to end (from progress or queue drain), if known.
+    eta_at: float | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -156,6 +158,7 @@ class RequestState:
             terminal_seen=_terminal_seen(raw),
             expects_webhook=raw.get(Field.EXPECTS_WEBHOOK) == "1",
             layout=_int(raw.get(Field.LAYOUT)) or 0,
+            eta_at=_num(raw.get(Field.ETA_AT)),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -171,6 +174,7 @@ class RequestState:
             "outcome": self.outcome,
             "result": self.result,
             "error": self.error,
+            "eta_at": self.eta_at,
         }
 
 

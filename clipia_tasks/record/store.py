@@ -31,6 +31,7 @@ from .keys import (
     ChainField,
     Field,
     chain_member,
+    changes_channel,
     record_key,
 )
 from .state import RequestState
@@ -293,7 +294,7 @@ class RecordStore:
         return bool(self._register(
             keys=[record_key(request_id), CHAINS_KEY],
             args=[task_id, request_id, repr(first_enqueued_at), self.ttl_s, repr(due_at),
-                  LAYOUT_VERSION],
+                  LAYOUT_VERSION, changes_channel(request_id)],
         ) == "new")
 
     def unregister(self, request_id: str, task_id: str, *, created: bool) -> None:
@@ -327,7 +328,8 @@ class RecordStore:
         role = self._claim(
             keys=[record_key(request_id), CHAINS_KEY],
             args=[task_id, retries, repr(now), repr(first_enqueued_at), repr(timeout_s),
-                  self.ttl_s, repr(lease_s), request_id, repr(run_s), LAYOUT_VERSION],
+                  self.ttl_s, repr(lease_s), request_id, repr(run_s), LAYOUT_VERSION,
+                  changes_channel(request_id)],
         )
         state = self.get(request_id)
         assert state is not None  # claim always writes the record
@@ -351,6 +353,7 @@ class RecordStore:
         ok = self._schedule(
             keys=[record_key(request_id), CHAINS_KEY],
             args=[task_id, gen_next, repr(lease_until), self.ttl_s, repr(wake_at), request_id,
+                  changes_channel(request_id),
                   *_flat({Field.NEXT_POLL_AT: repr(wake_at), **fields})],
         )
         return bool(ok)
@@ -383,7 +386,8 @@ class RecordStore:
         if Field.OUTCOME not in fields:
             raise ValueError("finish() needs an outcome")
         return bool(
-            self._finish(keys=[record_key(request_id)], args=[self.ttl_s, *_flat(fields)])
+            self._finish(keys=[record_key(request_id)],
+                         args=[self.ttl_s, changes_channel(request_id), *_flat(fields)])
         )
 
     def release(self, request_id: str, task_id: str, fields: Mapping[str, Any]) -> bool:

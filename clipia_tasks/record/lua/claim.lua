@@ -3,7 +3,7 @@
 -- ARGV[1] task_id   ARGV[2] retries (message number)   ARGV[3] now (unix s)
 -- ARGV[4] first_enqueued_at   ARGV[5] timeout_s   ARGV[6] ttl_s   ARGV[7] lease_s
 -- ARGV[8] request_id   ARGV[9] run_s (how long this message may take before it is overdue)
--- ARGV[10] layout version
+-- ARGV[10] layout version   ARGV[11] change channel (PUBLISHed when this claim creates the record)
 -- Reads: outcome, owner, gen, lease_until, w:<task_id>.
 -- Writes: first_enqueued_at (unless registered), deadline_at and status SUBMITTED (the
 --   first claim only), layout,
@@ -21,7 +21,9 @@ if redis.call('HEXISTS', k, 'deadline_at') == 0 then
   -- The first claim fixes the deadline (first_enqueued_at may come from register).
   enq = tonumber(redis.call('HGET', k, 'first_enqueued_at'))
   redis.call('HSET', k, 'deadline_at', tostring(enq + timeout))
-  redis.call('HSETNX', k, 'status', 'SUBMITTED')
+  if redis.call('HSETNX', k, 'status', 'SUBMITTED') == 1 then
+    redis.call('PUBLISH', ARGV[11], 'created')
+  end
 end
 redis.call('HSET', k, 'layout', ARGV[10])
 local owner = redis.call('HGET', k, 'owner')
