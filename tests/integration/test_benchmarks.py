@@ -55,3 +55,19 @@ def test_the_webhook_benchmark_prints_both_tables_and_writes_json(tmp_path: Path
     assert data["scenarios"]["polling only"]["status_calls_p50"] >= 1
     # The lost webhook was caught by the fallback's status calls
     assert data["scenarios"]["webhook lost"]["status_calls_p50"] >= 1
+
+
+def test_the_live_progress_benchmark_prints_the_table_and_writes_json(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "benchmarks/live.py", "--quick", "--watchers", "20", "--changes", "10",
+         "--quiet-s", "1", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "SSE watchers in one uvicorn process" in run.stdout
+    (report,) = tmp_path.glob("live-quick-*.json")
+    data = json.loads(report.read_text())
+    assert data["watchers"] == 20 and data["channel_subscriptions"] == 20
+    assert data["events_missing"] == 0 and data["changes"] >= 1
+    # one pub/sub connection for all 20 watchers
+    assert data["redis_connections_with_watchers"]["pubsub"] == 1
