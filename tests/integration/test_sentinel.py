@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -217,6 +218,22 @@ def test_100_requests_through_a_forced_failover_and_a_killed_master(
         # (running: each has its record, so the new master knows of it; see the docstring)
         timings["claimed_s"] = _wait("every request claimed",
                                      lambda: all(get_state(r) for r in scripts), 60)
+        # and three web-side watchers following the longest of them (live progress)
+        from clipia_tasks import watch
+
+        longest = sorted(scripts, key=lambda r: -(scripts[r]["queue_s"] + scripts[r]["run_s"]))
+        watched: dict[str, list[Any]] = {rid: [] for rid in longest[:3]}
+
+        def follow(rid: str) -> None:
+            try:
+                watched[rid].extend(watch(rid, timeout_s=180))
+            except Exception as exc:  # handed to the assertion below
+                watched[rid].append(exc)
+
+        watchers = [threading.Thread(target=follow, args=(rid,), daemon=True)
+                    for rid in watched]
+        for t in watchers:
+            t.start()
 
         # When one sentinel is told to fail over while they run
         first_master, second_master = dep.master, dep.replica
@@ -280,6 +297,12 @@ def test_100_requests_through_a_forced_failover_and_a_killed_master(
           f"master) elected in {timings['failover_2_s']:.1f} s, all done after "
           f"{timings['all_done_s']:.1f} s, {len(sim.calls(endpoint='status'))} status calls")
     assert pending == [], f"{len(pending)} unfinished, e.g. {get_state(pending[0])}"
+    # The watchers followed Redis through both failovers and ended with the outcome
+    for t in watchers:
+        t.join(timeout=30)
+    for rid, seen in watched.items():
+        assert seen and isinstance(seen[-1], dict), (rid, seen[-3:])
+        assert seen[-1]["outcome"] == scripts[rid]["final"], (rid, seen[-1])
     assert wrong_outcome == []
     assert wrong_signal == []
     assert foreign_ids == []
