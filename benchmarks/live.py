@@ -77,7 +77,7 @@ class Watcher:
 
 
 def start_app(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    out = open(log, "wb")  # noqa: SIM115 - closed with the process's lifetime
+    out = open(log, "wb")  # closed with the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", APP, "--host", "127.0.0.1", "--port", str(port),
          "--no-access-log", "--log-level", "warning"],

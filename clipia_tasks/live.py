@@ -207,6 +207,7 @@ class _Reader:
             state = get_state(self.request_id)
         except RedisUnavailableError:
             now = time.monotonic()
+            self.read_at = now  # the next try comes _RETRY_S later, not at once
             if self.failing_since is None:
                 self.failing_since = now
             elif now - self.failing_since > UNAVAILABLE_GRACE_S:
