@@ -137,12 +137,17 @@ def redis_client(
     decode_responses: bool = False,
     socket_timeout_s: float | None = None,
     connect_timeout_s: float | None = None,
+    client_name: str | None = None,
 ) -> redis.Redis:
-    """A client for ``url`` (any form the settings accept); a Sentinel URL gives the master's."""
+    """A client for ``url`` (any form the settings accept); a Sentinel URL gives the master's.
+
+    ``client_name``: each connection names itself (``CLIENT SETNAME``), so ``CLIENT
+    LIST`` tells which of this package's clients a connection belongs to.
+    """
     if not is_sentinel(url):
         return redis.Redis.from_url(
             url, decode_responses=decode_responses, socket_timeout=socket_timeout_s,
-            socket_connect_timeout=connect_timeout_s,
+            socket_connect_timeout=connect_timeout_s, client_name=client_name,
         )
     parsed = parse_sentinel_url(url)
     sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
@@ -157,6 +162,7 @@ def redis_client(
         username=parsed.username,
         password=parsed.password,
         decode_responses=decode_responses,
+        client_name=client_name,
     )
     return master
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,16 +80,20 @@ from .policy import (
 )
 from .record import (
     HISTORY_LEN,
+    Claim,
     DeliveryTurn,
     Field,
     Gate,
+    GateAsk,
     RecordStore,
     RequestState,
     Role,
     encode_history,
+    holder_is_dead,
     lock_token,
     trim_history,
 )
+from .redis_health import note_epoch
 from .settings import Settings, get_settings
 
 __all__ = ["Again", "Finish", "Poller", "Stale", "check_request_id", "get_poller"]
@@ -135,6 +140,14 @@ class Again:
 
     countdown_s: float
     note: str
+
+
+@dataclass
+class _Held:
+    """The poll lock a step holds, until the schedule after the call releases it."""
+
+    token: str
+    held: bool = True
 
 
 @dataclass(frozen=True)
@@ -210,6 +223,8 @@ class Poller:
         self.wake = wake
         self._fallback_warned_at = float("-inf")
         self._fallbacks_unreported = 0
+        #: The poll lock the running step holds (per thread: the pool may be threads).
+        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"Poller(base_url={self.settings.base_url!r})"
@@ -241,8 +256,12 @@ class Poller:
     def step(
         self, request_id: str, task_id: str, retries: int, enqueued_at: float | None
     ) -> Step:
+        """One message's work. On a steady-state poll: two Redis round trips, the claim
+        (which also opens the poll gate) before the API call and the schedule (which
+        also releases the lock and publishes the change) after it."""
         s = self.settings
         now = self.clock()
+        token = lock_token(task_id, retries)
         claim = self.store.claim(
             request_id,
             task_id,
@@ -252,7 +271,15 @@ class Poller:
             lease_s=self._lease_s,
             run_s=self._run_s,
             now=now,
+            gate=GateAsk(
+                token=token, key_tag=self.client.key_fingerprint, lock_s=self._lock_s,
+                min_gap_s=s.poll_interval_s,
+                unanswered_margin_s=min(s.http_timeout_s, UNANSWERED_MARGIN_S),
+                webhook_fallback_s=s.webhook_fallback_after_s,
+                result_waits_before_status=RESULT_WAITS_BEFORE_STATUS,
+            ),
         )
+        note_epoch(self.store, claim.epoch)
         state = claim.state
         if claim.role is Role.DONE:
             if task_id in state.answered:
@@ -274,6 +301,21 @@ class Poller:
             note = _describe(state.status, state.queue_position, state.progress)
             return Again(wait, f"{note}; following poller {state.owner}, next look in {wait:.1f} s")
 
+        gate = claim.gate
+        held = _Held(token) if gate is not None and gate.gate is Gate.OPEN else None
+        self._local.held = held
+        try:
+            return self._owner_step(state, task_id, retries, now, claim)
+        finally:
+            self._local.held = None
+            if held is not None and held.held:
+                self.store.unlock(request_id, token)
+
+    def _owner_step(self, state: RequestState, task_id: str, retries: int, now: float,
+                    claim: Claim) -> Step:
+        """The owner's decisions, in the order ``claim.lua`` opened (or kept shut) the gate."""
+        s = self.settings
+        request_id = state.request_id
         deadline = state.deadline_at or (now + s.poll_timeout_s)
         if state.next_poll_at is not None and now < state.next_poll_at - 0.05:
             return self._schedule(state, task_id, retries, state.next_poll_at, {}, "waiting")
@@ -285,7 +327,7 @@ class Poller:
                 # The webhook should end it; a status call now would only cost quota.
                 return self._schedule(state, task_id, retries, fallback_at, {},
                                       "waiting for the webhook")
-        paused = self.store.pause_until(self.client.key_fingerprint)
+        paused = claim.pause_until
         if paused > now:
             # Another poller of this key was told to slow down: so are we. Each poller
             # wakes at its own moment past the pause end, not all at the same instant.
@@ -293,17 +335,18 @@ class Poller:
                            min(PAUSE_JITTER_RATIO * (paused - now), s.poll_max_interval_s))
             wake = paused + spread_s * self.rng()
             return self._schedule(state, task_id, retries, wake, {}, "rate limited (shared)")
-        token = lock_token(task_id, retries)
-        # Stamped right before the call. The gap to the next call counts from when
-        # this one is answered; this stamp counts only if it never is (a crash).
-        call_at = self.clock()
-        # The gap is between /status calls; a result fetch only needs the lock.
-        fetch_only = _fetch_only(state)
-        gate = self.store.begin_poll(
-            request_id, token, lock_s=self._lock_s, now=call_at,
-            min_gap_s=0.0 if fetch_only else s.poll_interval_s,
-            unanswered_margin_s=min(s.http_timeout_s, UNANSWERED_MARGIN_S),
-        )
+        gate = claim.gate
+        if gate is None or (gate.gate is Gate.LOCKED and holder_is_dead(gate.holder)):
+            # A lock left by a dead process on this host: take it over (rare; the claim
+            # never takes over a lock itself).
+            token = lock_token(task_id, retries)
+            gate = self.store.begin_poll(
+                request_id, token, lock_s=self._lock_s, now=now,
+                min_gap_s=0.0 if _fetch_only(state) else s.poll_interval_s,
+                unanswered_margin_s=min(s.http_timeout_s, UNANSWERED_MARGIN_S),
+            )
+            if gate.gate is Gate.OPEN:
+                self._local.held = _Held(token)
         if gate.gate is Gate.EARLY:
             # A copy of this message polled moments ago (then its worker died):
             # keep the promised gap between two calls.
@@ -312,10 +355,11 @@ class Poller:
         if gate.gate is Gate.LOCKED:
             wake = now + self.store.lock_ttl_s(request_id) + 0.1
             return self._schedule(state, task_id, retries, wake, {}, "another copy is polling")
-        try:
-            return self._poll(state, task_id, retries, call_at, deadline)
-        finally:
-            self.store.unlock(request_id, token)
+        if gate.gate is not Gate.OPEN:
+            # The script saw the record a moment before this process's clock: look again.
+            wake = now + s.poll_interval_s
+            return self._schedule(state, task_id, retries, wake, {}, f"gate {gate.gate}")
+        return self._poll(state, task_id, retries, now, deadline)
 
     # -- pieces ----------------------------------------------------------------
 
@@ -664,6 +708,11 @@ class Poller:
         now = self.clock()
         countdown, hop = split_countdown(wake_at - now, self.settings.max_countdown_s)
         lease_until = wake_at + self._lease_s
+        # The poll lock this step holds goes in the same round trip.
+        held: _Held | None = getattr(self._local, "held", None)
+        unlock = ""
+        if held is not None and held.held:
+            unlock, held.held = held.token, False
         ok = self.store.schedule(
             state.request_id,
             task_id,
@@ -671,6 +720,7 @@ class Poller:
             lease_until=lease_until,
             wake_at=wake_at,
             fields=fields,
+            unlock=unlock,
         )
         if not ok:
             return Stale(f"chain {task_id} lost ownership of {state.request_id}")

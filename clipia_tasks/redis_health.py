@@ -31,7 +31,7 @@ import redis
 
 from .record import EPOCH_KEY, RecordStore
 
-__all__ = ["MEMORY", "EpochCheck", "MemoryAlarm", "check_epoch", "is_out_of_memory"]
+__all__ = ["MEMORY", "EpochCheck", "MemoryAlarm", "check_epoch", "is_out_of_memory", "note_epoch"]
 
 log = logging.getLogger("clipia_tasks.redis")
 
@@ -156,6 +156,17 @@ def check_epoch(store: RecordStore) -> EpochCheck:
         known,
     )
     return EpochCheck.LOST
+
+
+def note_epoch(store: RecordStore, seen: str | None) -> None:
+    """The epoch a claim read in passing: check it properly only if it is not the known one.
+
+    Free on a steady-state poll (the claim script returns it); a lost epoch is then
+    noticed at the next poll, not only at the next broker reconnect.
+    """
+    if seen is not None and seen == _known_epoch:
+        return
+    check_epoch(store)
 
 
 def forget_epoch() -> None:

@@ -37,10 +37,12 @@ from .keys import (
 from .state import RequestState
 
 __all__ = [
+    "CLIENT_NAME",
     "ChainToResume",
     "Claim",
     "DeliveryTurn",
     "Gate",
+    "GateAsk",
     "PollGate",
     "RecordStore",
     "Role",
@@ -48,6 +50,10 @@ __all__ = [
     "holder_is_dead",
     "lock_token",
 ]
+
+
+#: Every connection of a store made by :meth:`RecordStore.from_url` names itself so.
+CLIENT_NAME = "clipia-record"
 
 
 class Role(StrEnum):
@@ -70,6 +76,25 @@ class Role(StrEnum):
 class Claim:
     role: Role
     state: RequestState
+    #: The poll gate, for an owner asked with a :class:`GateAsk` (else ``None``).
+    gate: PollGate | None = None
+    #: Until when every poller of the key holds off (after a 429), or 0.
+    pause_until: float = 0.0
+    #: The epoch workers wrote (``None``: Redis has none: fresh, or its data was lost).
+    epoch: str | None = None
+
+
+@dataclass(frozen=True)
+class GateAsk:
+    """What :meth:`RecordStore.claim` needs to open the poll gate in the same round trip."""
+
+    token: str
+    key_tag: str
+    lock_s: float
+    min_gap_s: float
+    unanswered_margin_s: float
+    webhook_fallback_s: float
+    result_waits_before_status: int
 
 
 class Gate(StrEnum):
@@ -81,6 +106,14 @@ class Gate(StrEnum):
     EARLY = "early"
     #: Another process holds the poll lock (``PollGate.holder``).
     LOCKED = "locked"
+    #: (claim only) The next poll is planned later (``next_poll_at``).
+    WAIT = "wait"
+    #: (claim only) The deadline has passed.
+    DUE = "due"
+    #: (claim only) A webhook is expected and the fallback delay has not passed.
+    WEBHOOK = "webhook"
+    #: (claim only) Every poller of the key holds off after a 429.
+    PAUSED = "paused"
 
 
 @dataclass(frozen=True)
@@ -203,7 +236,7 @@ class RecordStore:
         from ..settings import get_settings
 
         client = redis_client(url, get_settings(), decode_responses=True, socket_timeout_s=10,
-                              connect_timeout_s=5)
+                              connect_timeout_s=5, client_name=CLIENT_NAME)
         return cls(client, ttl_s=ttl_s)
 
     def __repr__(self) -> str:
@@ -318,22 +351,37 @@ class RecordStore:
         lease_s: float,
         run_s: float,
         now: float | None = None,
+        gate: GateAsk | None = None,
     ) -> Claim:
         """Learn this message's role; a new owner holds the lease for ``lease_s``.
 
         The chain counts as overdue if this message has not re-planned it within
-        ``run_s`` (it died mid-run).
+        ``run_s`` (it died mid-run). With ``gate``, an owner whose status call is due
+        also takes the poll lock (see ``lua/claim.lua`` for the order of the checks),
+        and the record, the key's pause and the epoch come back: one round trip.
         """
         now = time.time() if now is None else now
-        role = self._claim(
-            keys=[record_key(request_id), CHAINS_KEY],
+        ask = gate
+        reply = self._claim(
+            keys=[record_key(request_id), CHAINS_KEY, POLL_LOCK_PREFIX + request_id,
+                  PAUSE_PREFIX + (ask.key_tag if ask else ""), EPOCH_KEY],
             args=[task_id, retries, repr(now), repr(first_enqueued_at), repr(timeout_s),
                   self.ttl_s, repr(lease_s), request_id, repr(run_s), LAYOUT_VERSION,
-                  changes_channel(request_id)],
+                  changes_channel(request_id),
+                  ask.token if ask else "", int((ask.lock_s if ask else 0) * 1000),
+                  repr(ask.min_gap_s if ask else 0.0),
+                  repr(ask.unanswered_margin_s if ask else 0.0),
+                  repr(ask.webhook_fallback_s if ask else 0.0),
+                  ask.result_waits_before_status if ask else 0],
         )
-        state = self.get(request_id)
-        assert state is not None  # claim always writes the record
-        return Claim(Role(role), state)
+        role, verdict, info, pause, epoch, *flat = (str(v) for v in reply)
+        state = RequestState.from_hash(request_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+        poll_gate = None
+        if verdict:
+            poll_gate = PollGate(Gate(verdict),
+                                 earliest_at=float(info) if verdict == Gate.EARLY else 0.0,
+                                 holder=info if verdict == Gate.LOCKED else "")
+        return Claim(Role(role), state, poll_gate, float(pause or 0), epoch or None)
 
     def schedule(
         self,
@@ -344,16 +392,18 @@ class RecordStore:
         lease_until: float,
         wake_at: float,
         fields: Mapping[str, Any],
+        unlock: str = "",
     ) -> bool:
         """Owner only: store what was seen and the planned next poll. False if replaced.
 
         ``wake_at`` is when the chain's next message is due; it is also the record's
-        ``next_poll_at`` unless ``fields`` says otherwise.
+        ``next_poll_at`` unless ``fields`` says otherwise. ``unlock``: a poll lock token
+        released in the same round trip (whether or not the chain is still the owner).
         """
         ok = self._schedule(
-            keys=[record_key(request_id), CHAINS_KEY],
+            keys=[record_key(request_id), CHAINS_KEY, POLL_LOCK_PREFIX + request_id],
             args=[task_id, gen_next, repr(lease_until), self.ttl_s, repr(wake_at), request_id,
-                  changes_channel(request_id),
+                  changes_channel(request_id), unlock,
                   *_flat({Field.NEXT_POLL_AT: repr(wake_at), **fields})],
         )
         return bool(ok)
