@@ -5,8 +5,12 @@
 
 1. Polls per second one worker (prefork, 2 processes) sustains: requests kept
    IN_PROGRESS on the simulator, CLIPIA_POLL_INTERVAL=0.001 so every message
-   polls at once, against a bare Celery ``self.retry(countdown=0)`` chain
-   (``benchmarks/bare_tasks.py``) on the same worker settings in the same run.
+   polls at once, against a bare Celery ``self.retry(countdown=0)`` chain that
+   makes one keep-alive GET of a status from the same simulator per run
+   (``benchmarks/bare_tasks.py``), on the same worker settings. The two alternate,
+   window after window (--pairs, default 5), each with its own worker started for
+   its window (the other's messages wait in Redis); the ratio reported is the
+   median of the pairs' ratios.
 2. N requests in flight: how long one worker takes to start polling all of
    them, its RSS (main + pool), Redis memory per request in flight, and how
    late polls run (actual - planned) once they are all in.
@@ -17,6 +21,7 @@ Prints tables, writes JSON to benchmarks/results/.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from contextlib import ExitStack
@@ -44,10 +49,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--inflight", type=int, default=None)
+    parser.add_argument("--pairs", type=int, default=5, help="alternating throughput windows")
+    parser.add_argument("--skip-inflight", action="store_true", help="throughput only")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     clean_environment()
-    window_s = 8.0 if args.quick else 20.0
+    window_s = 5.0 if args.quick else 10.0
     inflight = args.inflight or (2000 if args.quick else 10_000)
     chains = 50
     console = Console(width=150)
@@ -64,91 +71,119 @@ def main() -> int:
         from clipia_tasks import poll_request
         from clipia_tasks.celery_app import app
 
-        # -- 1. throughput ---------------------------------------------------
+        # -- 1. throughput: alternating windows --------------------------------
         env = {**base, "CLIPIA_POLL_POLICY": "fixed", "CLIPIA_POLL_INTERVAL": "0.001",
                "CLIPIA_POLL_MAX_INTERVAL": "1", "CLIPIA_QUEUE": "tp"}
-        with WorkerProcess(env, logs / "tp.log", queue="tp"):
-            rids = [sim.simulator.create({"run_s": 3600, "progress": "none"})
-                    for _ in range(chains)]
-            for rid in rids:
-                poll_request.apply_async((rid,), queue="tp")
-            time.sleep(3)  # warm up
-            before = len(sim.simulator.calls(endpoint="status"))
-            time.sleep(window_s)
-            polls_per_s = (len(sim.simulator.calls(endpoint="status")) - before) / window_s
-        sim.simulator.reset()
         env_bare = {**env, "CLIPIA_QUEUE": "bare"}
-        with WorkerProcess(env_bare, logs / "bare.log", queue="bare",
-                           includes=["benchmarks.bare_tasks"]):
-            for i in range(chains):
-                app.send_task("bench.bare_chain", args=[i], queue="bare")
-            time.sleep(3)
-            before = int(r.get("bench:bare_runs") or 0)
-            time.sleep(window_s)
-            bare_per_s = (int(r.get("bench:bare_runs") or 0) - before) / window_s
-        report["throughput"] = {"chains": chains, "window_s": window_s,
-                                "poll_request_per_s": polls_per_s, "bare_retry_per_s": bare_per_s,
-                                "ratio": polls_per_s / bare_per_s if bare_per_s else None}
-        r.flushdb()  # our private server: nothing else lives here
+        poll_ids = [sim.simulator.create({"run_s": 36000, "progress": "none"})
+                    for _ in range(chains)]
+        bare_ids = [sim.simulator.create({"run_s": 36000, "progress": "none"})
+                    for _ in range(chains)]
+        for rid in poll_ids:
+            poll_request.apply_async((rid,), queue="tp")
+        for rid in bare_ids:
+            app.send_task("bench.bare_chain", args=[rid], queue="bare")
 
-        # -- 2. N in flight ----------------------------------------------------
-        env = {**base, "CLIPIA_QUEUE": "many", "CLIPIA_POLL_INTERVAL": "1",
-               "CLIPIA_POLL_MAX_INTERVAL": "30"}
-        mem0 = int(r.info("memory")["used_memory"])
-        with WorkerProcess(env, logs / "many.log", queue="many") as proc:
-            rss0 = rss_mb(proc.pid, pool=False)
-            kids0 = rss_mb(proc.pid)
-            rids = [sim.simulator.create({"run_s": 3600, "progress": "linear"})
-                    for _ in range(inflight)]
-            t0 = time.monotonic()
-            for rid in rids:
-                poll_request.apply_async((rid,), queue="many")
-            enqueue_s = time.monotonic() - t0
-            polled: set[str] = set()
-            deadline = time.monotonic() + 600
-            while len(polled) < inflight and time.monotonic() < deadline:
-                pipe = r.pipeline()
-                todo = [rid for rid in rids if rid not in polled]
-                for rid in todo:
-                    pipe.hget(f"clipia:request:{rid}", "polls")
-                for rid, polls in zip(todo, pipe.execute(), strict=True):
-                    if polls:
-                        polled.add(rid)
-                time.sleep(1)
-            take_in_s = time.monotonic() - t0
-            time.sleep(10)  # steady state: every chain waiting out a countdown
-            rss1 = rss_mb(proc.pid, pool=False)
-            kids1 = rss_mb(proc.pid)
-            mem1 = int(r.info("memory")["used_memory"])
-            # Lateness: for a sample, how long after its planned time a poll ran
-            sample = rids[:: max(1, inflight // 200)]
-            planned = {rid: float(r.hget(f"clipia:request:{rid}", "next_poll_at") or 0)
-                       for rid in sample}
-            time.sleep(35)
-            lates = []
-            for rid, plan in planned.items():
-                calls = [c.at for c in sim.simulator.calls(request_id=rid, endpoint="status")
-                         if c.at >= plan - 0.5]
-                if plan and calls:
-                    lates.append(max(calls[0] - plan, 0.0))
-            lates.sort()
-        report["inflight"] = {
-            "requests": inflight, "enqueue_s": enqueue_s, "all_polled_after_s": take_in_s,
-            "polled": len(polled), "main_rss_mb_idle": rss0, "main_rss_mb_loaded": rss1,
-            "pool_rss_mb_idle": kids0, "pool_rss_mb_loaded": kids1,
-            "redis_bytes_per_request": (mem1 - mem0) / inflight,
-            "poll_lateness_p50_s": lates[len(lates) // 2] if lates else None,
-            "poll_lateness_p95_s": lates[int(len(lates) * 0.95)] if lates else None,
+        def window(kind: str, n: int) -> float:
+            """Runs per second of one side over one window, with its own worker."""
+            ids = set(poll_ids if kind == "poll" else bare_ids)
+            w_env, queue = (env, "tp") if kind == "poll" else (env_bare, "bare")
+            includes = ["benchmarks.bare_tasks"] if kind == "bare" else []
+            with WorkerProcess(w_env, logs / f"{kind}-{n}.log", queue=queue,
+                               includes=includes):
+                time.sleep(2)  # warm up
+                before = sum(1 for c in sim.simulator.calls(endpoint="status")
+                             if c.request_id in ids)
+                time.sleep(window_s)
+                after = sum(1 for c in sim.simulator.calls(endpoint="status")
+                            if c.request_id in ids)
+            return (after - before) / window_s
+
+        pairs = []
+        for n in range(args.pairs):
+            order = ("poll", "bare") if n % 2 == 0 else ("bare", "poll")
+            got = {kind: window(kind, n) for kind in order}
+            pairs.append({"poll_request_per_s": got["poll"], "bare_retry_per_s": got["bare"],
+                          "ratio": got["poll"] / got["bare"] if got["bare"] else None})
+            console.print(f"pair {n + 1}: poll_request {got['poll']:.0f}/s, bare chain "
+                          f"{got['bare']:.0f}/s, ratio {pairs[-1]['ratio']:.2f}")
+        ratios = sorted(p["ratio"] for p in pairs if p["ratio"])
+        report["throughput"] = {
+            "chains": chains, "window_s": window_s, "pairs": pairs,
+            "poll_request_per_s": statistics.median(p["poll_request_per_s"] for p in pairs),
+            "bare_retry_per_s": statistics.median(p["bare_retry_per_s"] for p in pairs),
+            "ratio": statistics.median(ratios) if ratios else None,
         }
+        r.flushdb()  # our private server: nothing else lives here
+        sim.simulator.reset()
+
+        if not args.skip_inflight:
+            # -- 2. N in flight ----------------------------------------------------
+            env = {**base, "CLIPIA_QUEUE": "many", "CLIPIA_POLL_INTERVAL": "1",
+                   "CLIPIA_POLL_MAX_INTERVAL": "30"}
+            mem0 = int(r.info("memory")["used_memory"])
+            with WorkerProcess(env, logs / "many.log", queue="many") as proc:
+                rss0 = rss_mb(proc.pid, pool=False)
+                kids0 = rss_mb(proc.pid)
+                rids = [sim.simulator.create({"run_s": 3600, "progress": "linear"})
+                        for _ in range(inflight)]
+                t0 = time.monotonic()
+                for rid in rids:
+                    poll_request.apply_async((rid,), queue="many")
+                enqueue_s = time.monotonic() - t0
+                polled: set[str] = set()
+                deadline = time.monotonic() + 600
+                while len(polled) < inflight and time.monotonic() < deadline:
+                    pipe = r.pipeline()
+                    todo = [rid for rid in rids if rid not in polled]
+                    for rid in todo:
+                        pipe.hget(f"clipia:request:{rid}", "polls")
+                    for rid, polls in zip(todo, pipe.execute(), strict=True):
+                        if polls:
+                            polled.add(rid)
+                    time.sleep(1)
+                take_in_s = time.monotonic() - t0
+                time.sleep(10)  # steady state: every chain waiting out a countdown
+                rss1 = rss_mb(proc.pid, pool=False)
+                kids1 = rss_mb(proc.pid)
+                mem1 = int(r.info("memory")["used_memory"])
+                # Lateness: for a sample, how long after its planned time a poll ran
+                sample = rids[:: max(1, inflight // 200)]
+                planned = {rid: float(r.hget(f"clipia:request:{rid}", "next_poll_at") or 0)
+                           for rid in sample}
+                time.sleep(35)
+                lates = []
+                for rid, plan in planned.items():
+                    calls = [c.at for c in sim.simulator.calls(request_id=rid, endpoint="status")
+                             if c.at >= plan - 0.5]
+                    if plan and calls:
+                        lates.append(max(calls[0] - plan, 0.0))
+                lates.sort()
+            report["inflight"] = {
+                "requests": inflight, "enqueue_s": enqueue_s, "all_polled_after_s": take_in_s,
+                "polled": len(polled), "main_rss_mb_idle": rss0, "main_rss_mb_loaded": rss1,
+                "pool_rss_mb_idle": kids0, "pool_rss_mb_loaded": kids1,
+                "redis_bytes_per_request": (mem1 - mem0) / inflight,
+                "poll_lateness_p50_s": lates[len(lates) // 2] if lates else None,
+                "poll_lateness_p95_s": lates[int(len(lates) * 0.95)] if lates else None,
+            }
     tp = report["throughput"]
     t = Table(title="Poll throughput, one worker (prefork, 2 processes)")
     for col in ("", "runs per second"):
         t.add_column(col)
-    t.add_row("poll_request (status call + record)", f"{tp['poll_request_per_s']:.0f}")
-    t.add_row("bare self.retry(countdown=0) chain", f"{tp['bare_retry_per_s']:.0f}")
-    t.add_row("ratio", f"{tp['ratio']:.2f}" if tp["ratio"] else "-")
+    t.add_row("poll_request (status call + record), median",
+              f"{tp['poll_request_per_s']:.0f}")
+    t.add_row("bare chain (one keep-alive status GET + self.retry(countdown=0)), median",
+              f"{tp['bare_retry_per_s']:.0f}")
+    t.add_row(f"ratio, median of {len(tp['pairs'])} alternating pairs",
+              f"{tp['ratio']:.2f}" if tp["ratio"] else "-")
+    t.add_row("ratios of the pairs", " ".join(f"{p['ratio']:.2f}" for p in tp["pairs"]
+                                                if p["ratio"]))
     console.print(t)
-    inf = report["inflight"]
+    inf = report.get("inflight")
+    if inf is None:
+        write_report(console, args.out, f"throughput-{'quick' if args.quick else 'full'}", report)
+        return 0
     t = Table(title=f"{inf['requests']} requests in flight, one worker")
     t.add_column("")
     t.add_column("value", justify="right")
