@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = [
+    "MODEL_MAX_LEN",
     "TERMINAL_STATUSES",
     "Observation",
     "Outcome",
     "Phase",
     "Status",
+    "check_model",
     "check_request_id",
     "classify",
 ]
@@ -115,3 +117,23 @@ def check_request_id(request_id: object) -> str:
         f"poll_request: {request_id!r} is not a Clipia request id; pass the UUID that "
         "submit returned, e.g. '764cabcf-b745-4b3e-ae38-1200304cf45b'"
     )
+
+
+#: The longest model name kept (Clipia's are like ``nano-banana-2`` or ``sim/video``).
+MODEL_MAX_LEN = 100
+
+
+def check_model(model: object) -> str:
+    """A model name as given (``poll_request(..., model=...)``), or an error saying why not.
+
+    Names key the learned durations in Redis, so they are bounded: 1 to
+    :data:`MODEL_MAX_LEN` printable characters, no spaces.
+    """
+    if not isinstance(model, str):
+        raise TypeError(f"poll_request: model must be a string such as 'nano-banana-2', "
+                        f"got {type(model).__name__}")
+    if not 0 < len(model) <= MODEL_MAX_LEN or not model.isprintable() or " " in model:
+        raise ValueError(f"poll_request: {model[:40]!r} is not a model name: pass the model "
+                         f"you submitted to, e.g. 'nano-banana-2' (1-{MODEL_MAX_LEN} printable "
+                         "characters, no spaces)")
+    return model

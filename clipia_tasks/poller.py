@@ -254,7 +254,8 @@ class Poller:
     # -- the step --------------------------------------------------------------
 
     def step(
-        self, request_id: str, task_id: str, retries: int, enqueued_at: float | None
+        self, request_id: str, task_id: str, retries: int, enqueued_at: float | None,
+        *, model: str | None = None,
     ) -> Step:
         """One message's work. On a steady-state poll: two Redis round trips, the claim
         (which also opens the poll gate) before the API call and the schedule (which
@@ -278,6 +279,7 @@ class Poller:
                 webhook_fallback_s=s.webhook_fallback_after_s,
                 result_waits_before_status=RESULT_WAITS_BEFORE_STATUS,
             ),
+            model=model,
         )
         note_epoch(self.store, claim.epoch)
         state = claim.state

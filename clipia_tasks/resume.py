@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from .nouns import check_request_id
+from .nouns import check_model, check_request_id
 from .state import get_state
 
 __all__ = ["ResumeAction", "Resumed", "resume"]
@@ -58,10 +58,10 @@ def resume(
     """Enqueue ``poll_request`` for every id that has not ended; one :class:`Resumed` each.
 
     Raises :class:`~clipia_tasks.errors.RedisUnavailableError` when Redis does not
-    answer. All ids and options are checked first (``ValueError`` names a bad id,
-    ``TypeError`` an option this version of ``poll_request`` does not take — ``model``
-    for now; nothing is enqueued then). ``callback_url``, ``model`` and ``expect_webhook``
-    are passed to ``poll_request`` as given; the defaults pass nothing.
+    answer. All ids and options are checked first (``ValueError`` names a bad id or
+    model, ``TypeError`` a wrong type; nothing is enqueued then). ``callback_url``,
+    ``model`` and ``expect_webhook`` are passed to ``poll_request`` as given; the
+    defaults pass nothing.
     """
     from .tasks import POLL_KWARGS, poll_request
 
@@ -70,7 +70,7 @@ def resume(
     if callback_url is not None:
         kwargs["callback_url"] = callback_url
     if model is not None:
-        kwargs["model"] = model
+        kwargs["model"] = check_model(model)
     if expect_webhook:
         kwargs["expect_webhook"] = True
     unsupported = sorted(set(kwargs) - POLL_KWARGS)

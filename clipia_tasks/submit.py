@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .client import ClipiaClient
+from .nouns import check_model
 from .settings import get_settings
 
 __all__ = ["Submission", "idempotency_key_for", "submit"]
@@ -65,6 +66,7 @@ def submit(
     from .tasks import poll_request
 
     settings = get_settings()
+    check_model(model)  # before paying for a request that could not then be followed
     key = idempotency_key_for(model, caller_id) if caller_id else str(uuid.uuid4())
     client = ClipiaClient.from_settings(settings)
     try:
@@ -72,6 +74,8 @@ def submit(
     finally:
         client.close()
     kwargs: dict[str, Any] = {"callback_url": callback_url} if callback_url else {}
+    # The poller learns how long this model's requests take, and polls accordingly.
+    kwargs["model"] = model
     if webhook_url and expect_webhook is not False:
         # Clipia will POST the outcome: polling waits CLIPIA_WEBHOOK_FALLBACK_AFTER first.
         kwargs["expect_webhook"] = True

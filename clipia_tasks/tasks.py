@@ -26,7 +26,7 @@ from .callbacks import check_callback_url, delivery_id
 from .celery_app import CALLBACK_TASK_NAME, POLL_TASK_NAME, SWEEP_TASK_NAME, app
 from .delivery import CallbackDone, attempt_callback, chain_answered
 from .errors import PollPending, RedisFullError, RedisUnavailableError
-from .nouns import check_request_id
+from .nouns import check_model, check_request_id
 from .poller import Again, Finish, get_poller
 from .record import ChainToResume
 from .redis_health import MEMORY, is_out_of_memory
@@ -37,7 +37,7 @@ __all__ = ["PollRequestTask", "deliver_callback", "install", "poll_request", "sw
 log = logging.getLogger("clipia_tasks.tasks")
 
 #: The keyword arguments ``poll_request`` takes (besides ``request_id``).
-POLL_KWARGS = frozenset({"request_id", "enqueued_at", "callback_url", "expect_webhook"})
+POLL_KWARGS = frozenset({"request_id", "enqueued_at", "callback_url", "expect_webhook", "model"})
 
 
 class _NoRetryStateBackend:
@@ -108,7 +108,7 @@ class PollRequestTask(Task):  # type: ignore[misc]
         if unknown:
             raise TypeError(
                 f"poll_request got unexpected arguments {sorted(unknown)}; "
-                "it takes request_id and optionally callback_url and expect_webhook"
+                "it takes request_id and optionally callback_url, expect_webhook and model"
             )
         if "expect_webhook" in kwargs:
             if not isinstance(kwargs["expect_webhook"], bool):
@@ -116,6 +116,11 @@ class PollRequestTask(Task):  # type: ignore[misc]
                                 f"{kwargs['expect_webhook']!r}")
             if not kwargs["expect_webhook"]:
                 del kwargs["expect_webhook"]
+        if "model" in kwargs:
+            if kwargs["model"] is None:
+                del kwargs["model"]
+            else:
+                kwargs["model"] = check_model(kwargs["model"])
         if kwargs.get("callback_url") is not None:
             kwargs["callback_url"] = check_callback_url(kwargs["callback_url"])
             get_settings().require_callback_secret()
@@ -200,18 +205,20 @@ def _unreachable_redis(celery_app: Celery) -> str | None:
 
 
 def _remember_chain(
-    request_id: str, task: Task, callback_url: str | None, expect_webhook: bool
+    request_id: str, task: Task, callback_url: str | None, expect_webhook: bool,
+    model: str | None,
 ) -> None:
-    """What the sweep needs to re-send this chain faithfully: callback, links, webhook."""
+    """What the sweep needs to re-send this chain faithfully: callback, links, webhook,
+    model (first message only)."""
     req = task.request
     if (req.retries or 0) > 0 or not (callback_url or req.callbacks or req.errbacks
-                                      or expect_webhook):
+                                      or expect_webhook or model):
         return
     links = {"link": req.callbacks or None, "link_error": req.errbacks or None}
     _runtime.get_store().remember_chain(
         request_id, req.id, callback_url=callback_url,
         links=links if (req.callbacks or req.errbacks) else None,
-        expect_webhook=expect_webhook,
+        expect_webhook=expect_webhook, model=model,
     )
 
 
@@ -221,13 +228,14 @@ def _poll_request(
     enqueued_at: float | None = None,
     callback_url: str | None = None,
     expect_webhook: bool = False,
+    model: str | None = None,
 ) -> Any:
     """Follow one Clipia request to its end; returns the result body when COMPLETED."""
     request_id = check_request_id(request_id)
     try:
-        _remember_chain(request_id, self, callback_url, expect_webhook)
+        _remember_chain(request_id, self, callback_url, expect_webhook, model)
         step = get_poller().step(
-            request_id, self.request.id, self.request.retries or 0, enqueued_at
+            request_id, self.request.id, self.request.retries or 0, enqueued_at, model=model
         )
     except redis.RedisError as exc:
         # Redis (records and broker) is away or full. Try again shortly; if even
@@ -279,6 +287,8 @@ def _send_chain(celery_app: Celery, chain: ChainToResume, retries: int) -> None:
         kwargs["callback_url"] = chain.callback_url
     if chain.expect_webhook:
         kwargs["expect_webhook"] = True
+    if chain.model:
+        kwargs["model"] = chain.model
     celery_app.send_task(
         POLL_TASK_NAME, args=[chain.request_id], kwargs=kwargs, task_id=chain.task_id,
         retries=retries, link=chain.links.get("link"), link_error=chain.links.get("link_error"),

@@ -31,6 +31,10 @@ key                         type    value                         written by    
                                     key holds off (after a 429)
 ``clipia:epoch``            string  random id; gone = Redis lost  ``start_epoch``  no TTL
                                     its data (redis_health)       (SET NX)
+``clipia:durations:<model>`` string  recent queue and run times   finishing        30 days after
+                                    of the model's requests        worker (SET)     the last write
+                                    (:mod:`clipia_tasks.durations`,
+                                    a few hundred bytes)
 ``clipia:changes:<id>``     pub/sub a hint (``created``,          ``register``,    nothing
                             channel ``changed``, ``finished``)    ``claim``,       stored
                                     published in the same step    ``schedule``,
@@ -76,6 +80,7 @@ field                  holds                                            written 
 ``lease_until``        unix s the owner's lease ends                    claim, schedule,
                                                                         finish, release
 ``fatal``              last final API error, JSON ``{"type", "args"}``  release; claim clears
+``model``              the model it was submitted to (durations key)    remember_chain
 ``expects_webhook``    ``1``: a webhook should end it; polling waits      remember_chain
                        ``CLIPIA_WEBHOOK_FALLBACK_AFTER`` first
 ``terminal_seen``      a terminal status reported before the outcome        schedule,

@@ -15,6 +15,8 @@ __all__ = [
     "CHAINS_KEY",
     "CHANGES_PREFIX",
     "DELIVERY_LOCK_PREFIX",
+    "DURATIONS_PREFIX",
+    "DURATIONS_TTL_S",
     "EPOCH_KEY",
     "KEY_PREFIXES",
     "LAYOUT_VERSION",
@@ -46,6 +48,12 @@ PAUSE_PREFIX = "clipia:pause:"
 #: String: a random id a worker writes when it finds none. Gone = Redis lost its data.
 EPOCH_KEY = "clipia:epoch"
 
+#: String per model: the durations its requests took lately (``clipia_tasks.durations``
+#: encodes it; a few hundred bytes), refreshed on every write, expires unused.
+DURATIONS_PREFIX = "clipia:durations:"
+#: How long a model's durations stay without a new request of that model.
+DURATIONS_TTL_S = 30 * 86400
+
 #: Pub/sub channel per request id (not a key: nothing is stored). The scripts that
 #: change what ``RequestState.as_dict`` shows PUBLISH a short hint on it in the same
 #: atomic step; :mod:`clipia_tasks.live` subscribes and re-reads the record.
@@ -53,7 +61,7 @@ CHANGES_PREFIX = "clipia:changes:"
 
 #: Every key and key prefix above, and the channel prefix (a test checks each is documented).
 KEY_PREFIXES = (REQUEST_PREFIX, POLL_LOCK_PREFIX, DELIVERY_LOCK_PREFIX, CHAINS_KEY, PAUSE_PREFIX,
-                EPOCH_KEY, CHANGES_PREFIX)
+                EPOCH_KEY, DURATIONS_PREFIX, CHANGES_PREFIX)
 
 
 class Field(StrEnum):
@@ -83,6 +91,7 @@ class Field(StrEnum):
     FATAL = "fatal"
     TERMINAL_SEEN = "terminal_seen"
     EXPECTS_WEBHOOK = "expects_webhook"
+    MODEL = "model"
     WEBHOOK_ID = "webhook_id"
     WEBHOOK_AT = "webhook_at"
     OUTCOME = "outcome"

@@ -112,6 +112,8 @@ class RequestState:
     layout: int = 0
     #: Unix time the request is predicted to end (from progress or queue drain), if known.
     eta_at: float | None = None
+    #: The model the request was submitted to, when the caller or the result said.
+    model: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -159,6 +161,7 @@ class RequestState:
             expects_webhook=raw.get(Field.EXPECTS_WEBHOOK) == "1",
             layout=_int(raw.get(Field.LAYOUT)) or 0,
             eta_at=_num(raw.get(Field.ETA_AT)),
+            model=raw.get(Field.MODEL) or None,
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -24,6 +24,8 @@ import redis
 from .keys import (
     CHAINS_KEY,
     DELIVERY_LOCK_PREFIX,
+    DURATIONS_PREFIX,
+    DURATIONS_TTL_S,
     EPOCH_KEY,
     LAYOUT_VERSION,
     PAUSE_PREFIX,
@@ -82,6 +84,8 @@ class Claim:
     pause_until: float = 0.0
     #: The epoch workers wrote (``None``: Redis has none: fresh, or its data was lost).
     epoch: str | None = None
+    #: The model's learned durations as stored (``clipia_tasks.durations``), or "".
+    durations: str = ""
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,7 @@ class ChainToResume:
     #: Celery ``link`` / ``link_error`` signatures as stored at the first message.
     links: dict[str, Any] = field(default_factory=dict)
     expect_webhook: bool = False
+    model: str | None = None
 
 
 def _flat(fields: Mapping[str, Any]) -> list[str]:
@@ -282,6 +287,7 @@ class RecordStore:
             callback_url=raw.get(ChainField.CALLBACK_URL.of(task_id)) or None,
             links=json.loads(raw.get(ChainField.LINKS.of(task_id)) or "{}"),
             expect_webhook=raw.get(Field.EXPECTS_WEBHOOK) == "1",
+            model=raw.get(Field.MODEL) or None,
         )
 
     # -- the polling chain ---------------------------------------------------------
@@ -294,14 +300,18 @@ class RecordStore:
         callback_url: str | None,
         links: Mapping[str, Any] | None,
         expect_webhook: bool = False,
+        model: str | None = None,
     ) -> None:
         """Store what the sweep needs to re-send this chain: its callback URL and links.
 
-        ``expect_webhook`` marks the request (not only this chain) as ending by webhook.
+        ``expect_webhook`` marks the request (not only this chain) as ending by webhook;
+        ``model`` names the request's model (whose durations the poller learns).
         """
         fields: dict[str, Any] = {}
         if expect_webhook:
             fields[Field.EXPECTS_WEBHOOK] = "1"
+        if model:
+            fields[Field.MODEL] = model
         if callback_url:
             fields[ChainField.CALLBACK_URL.of(task_id)] = callback_url
         if links:
@@ -352,6 +362,7 @@ class RecordStore:
         run_s: float,
         now: float | None = None,
         gate: GateAsk | None = None,
+        model: str | None = None,
     ) -> Claim:
         """Learn this message's role; a new owner holds the lease for ``lease_s``.
 
@@ -364,7 +375,8 @@ class RecordStore:
         ask = gate
         reply = self._claim(
             keys=[record_key(request_id), CHAINS_KEY, POLL_LOCK_PREFIX + request_id,
-                  PAUSE_PREFIX + (ask.key_tag if ask else ""), EPOCH_KEY],
+                  PAUSE_PREFIX + (ask.key_tag if ask else ""), EPOCH_KEY,
+                  DURATIONS_PREFIX + (model or "")],
             args=[task_id, retries, repr(now), repr(first_enqueued_at), repr(timeout_s),
                   self.ttl_s, repr(lease_s), request_id, repr(run_s), LAYOUT_VERSION,
                   changes_channel(request_id),
@@ -374,14 +386,14 @@ class RecordStore:
                   repr(ask.webhook_fallback_s if ask else 0.0),
                   ask.result_waits_before_status if ask else 0],
         )
-        role, verdict, info, pause, epoch, *flat = (str(v) for v in reply)
+        role, verdict, info, pause, epoch, durations, *flat = (str(v) for v in reply)
         state = RequestState.from_hash(request_id, dict(zip(flat[::2], flat[1::2], strict=True)))
         poll_gate = None
         if verdict:
             poll_gate = PollGate(Gate(verdict),
                                  earliest_at=float(info) if verdict == Gate.EARLY else 0.0,
                                  holder=info if verdict == Gate.LOCKED else "")
-        return Claim(Role(role), state, poll_gate, float(pause or 0), epoch or None)
+        return Claim(Role(role), state, poll_gate, float(pause or 0), epoch or None, durations)
 
     def schedule(
         self,
@@ -549,6 +561,17 @@ class RecordStore:
                       LAYOUT_VERSION],
             )
         )
+
+    # -- learned durations per model ---------------------------------------------------
+
+    def durations(self, model: str) -> str:
+        """A model's learned durations as stored ("" if none). The claim reads them too."""
+        return str(self.redis.get(DURATIONS_PREFIX + model) or "")
+
+    def save_durations(self, model: str, text: str) -> None:
+        """Store a model's durations (read-modify-write by the finishing worker: two
+        requests of one model finishing at the same instant may keep one sample of two)."""
+        self.redis.set(DURATIONS_PREFIX + model, text, ex=DURATIONS_TTL_S)
 
     # -- the epoch: did Redis lose its data? --------------------------------------
 

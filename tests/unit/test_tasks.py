@@ -53,3 +53,15 @@ def test_importing_the_package_reads_no_setting() -> None:
 def test_expect_webhook_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match="expect_webhook must be True or False"):
         poll_request.delay("764cabcf-b745-4b3e-ae38-1200304cf45b", expect_webhook="yes")
+
+
+def test_model_is_checked_at_the_call_site() -> None:
+    from clipia_tasks.nouns import check_model
+
+    assert check_model("nano-banana-2") == "nano-banana-2"
+    assert check_model("sim/video") == "sim/video"
+    with pytest.raises(TypeError, match="model must be a string"):
+        check_model(42)
+    for bad in ("", "a b", "x" * 101, "tab\there"):
+        with pytest.raises(ValueError, match="is not a model name"):
+            check_model(bad)

@@ -2,7 +2,8 @@
 -- status call is due) takes the poll lock: one round trip before the API call.
 -- KEYS[1] record hash clipia:request:<id>    KEYS[2] chains index clipia:index:chains
 -- KEYS[3] poll lock clipia:lock:<id>   KEYS[4] the key's pause clipia:pause:<tag>
--- KEYS[5] the epoch clipia:epoch
+-- KEYS[5] the epoch clipia:epoch   KEYS[6] the model's learned durations
+--   clipia:durations:<model> (read only; the prefix alone when the model is unknown)
 -- ARGV[1] task_id   ARGV[2] retries (message number)   ARGV[3] now (unix s)
 -- ARGV[4] first_enqueued_at   ARGV[5] timeout_s   ARGV[6] ttl_s   ARGV[7] lease_s
 -- ARGV[8] request_id   ARGV[9] run_s (how long this message may take before it is overdue)
@@ -18,7 +19,8 @@
 --   first claim only), layout,
 --   gen, w:<task_id>, owner, lease_until, fatal; ZADD chains; EXPIRE record; with the
 --   gate open: the lock (SET PX) and call_started_at (as begin_poll does).
--- Returns {role, gate, gate_info, pause_until, epoch, field, value, ...} (the whole record).
+-- Returns {role, gate, gate_info, pause_until, epoch, durations, field, value, ...}
+-- (the whole record).
 -- role: 'done' | 'owner' | 'follower' | 'fetch' | 'stale'. 'fetch': a terminal status
 -- was reported (terminal_seen, e.g. by a webhook) while another chain owns the request
 -- and sleeps in its countdown: this message fetches the result now, owning nothing.
@@ -32,7 +34,7 @@ local enq, timeout, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]
 local member = ARGV[8] .. ' ' .. task_id
 local function answer(role, gate, info)
   local out = {role, gate, info, redis.call('GET', KEYS[4]) or '0',
-               redis.call('GET', KEYS[5]) or ''}
+               redis.call('GET', KEYS[5]) or '', redis.call('GET', KEYS[6]) or ''}
   local fields = redis.call('HGETALL', k)
   for i = 1, #fields do out[#out + 1] = fields[i] end
   return out
