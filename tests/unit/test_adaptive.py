@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 
 import pytest
 
-from clipia_tasks.policy import AdaptivePolicy, BackoffPolicy, Observation, PollContext
+from clipia_tasks.durations import MAX_SAMPLES, Durations, ModelPrior, learn, observe, prior
+from clipia_tasks.policy import (
+    AdaptivePolicy,
+    BackoffPolicy,
+    Observation,
+    PollContext,
+    estimate_remaining_s,
+)
+from clipia_tasks.record.history import HISTORY_LEN, trim_history
 
 Status = tuple[str, int | None, int | None]  # status, queue_position, progress
 
@@ -111,3 +120,206 @@ def test_adaptive_needs_far_fewer_calls_than_backoff_on_the_same_requests() -> N
     b = sum(run(backoff, request_model(1, s), end_s=1 + s, first_poll_s=0.2)[0]
             for s in (5, 20, 60, 120))
     assert a < b
+
+
+# -- with a model's learned durations (clipia_tasks.durations) ------------------------------
+
+def warm_prior(queue_s: float, run_s: float, seed: int = 7) -> ModelPrior:
+    """A prior from MAX_SAMPLES requests of one model (queue and run ±15 %)."""
+    rng = random.Random(seed)
+    d = Durations()
+    for _ in range(MAX_SAMPLES):
+        d = observe(d, queue_s=queue_s * rng.uniform(0.85, 1.15),
+                    run_s=run_s * rng.uniform(0.85, 1.15))
+    p = prior(d)
+    assert p is not None
+    return p
+
+
+def lengths(queue_s: float, run_s: float, n: int = 40, seed: int = 11
+            ) -> list[tuple[float, float]]:
+    """(queue, run) of n requests of one model, each ±15 %."""
+    rng = random.Random(seed)
+    return [(queue_s * rng.uniform(0.85, 1.15), run_s * rng.uniform(0.85, 1.15))
+            for _ in range(n)]
+
+
+def run_with_prior(policy: AdaptivePolicy, model: Callable[[float], Status], end_s: float,
+                   p: ModelPrior | None) -> tuple[int, float, tuple[Observation, ...], float]:
+    """As the poller does it: the first call when first_delay_s says (at once: 0.2 s),
+    the record's history trimmed to HISTORY_LEN. (status calls, lag, history, end seen)."""
+    first = policy.first_delay_s(p, 0.0)
+    t = 0.2 if first is None else first
+    kept: tuple[Observation, ...] = ()
+    for polls in range(1, 10_000):
+        status, qp, progress = model(t)
+        seen = (*kept, Observation(round(t, 3), status, qp, progress))
+        if status == "COMPLETED":
+            return polls, t - end_s, tuple(trim_history(list(seen), HISTORY_LEN)), t
+        delay = policy.next_delay(PollContext(elapsed_s=t, polls=polls, history=seen, prior=p))
+        assert policy.interval_s <= delay <= policy.max_interval_s
+        kept = tuple(trim_history(list(seen), HISTORY_LEN))
+        t += delay
+    raise AssertionError("never finished")
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = math.floor(k), math.ceil(k)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def test_without_a_prior_the_first_call_is_at_once_and_nothing_changes() -> None:
+    assert ADAPTIVE.first_delay_s(None, 0.0) is None
+    assert BackoffPolicy().first_delay_s(warm_prior(2, 20), 0.0) is None
+    for model, end_s in ((request_model(0, 60, "none"), 60), (request_model(10, 30), 40),
+                         (request_model(3, 40, "jumpy"), 43)):
+        # the same trace as before the priors existed, call for call
+        assert run_with_prior(ADAPTIVE, model, end_s, None)[:2] == run(ADAPTIVE, model, end_s,
+                                                                    0.2)[:2]
+
+
+@pytest.mark.parametrize(("queue_s", "run_s"), [(3.0, 20.0), (0.5, 30.0)])
+def test_with_a_warm_prior_progress_takes_three_calls_and_is_caught_promptly(
+        queue_s: float, run_s: float) -> None:
+    p = warm_prior(queue_s, run_s)
+    calls, lags, shares = [], [], []
+    for q, r in lengths(queue_s, run_s):
+        n, lag, _, _ = run_with_prior(ADAPTIVE, request_model(q, r), q + r, p)
+        calls.append(n + 1)  # + the result call
+        lags.append(lag)
+        shares.append(lag / (q + r))
+    assert pct(calls, 0.5) <= 3, calls
+    assert 0 <= min(lags) and pct(lags, 0.5) <= 0.3, lags
+    assert pct(shares, 0.95) <= 0.05, shares
+
+
+def test_a_long_run_is_caught_within_about_a_progress_point() -> None:
+    # A point of a 45 s run lasts 0.45 s: no reading tells the end more precisely.
+    p = warm_prior(2.0, 45.0)
+    calls, lags, today = [], [], []
+    for q, r in lengths(2.0, 45.0):
+        n, lag, _, _ = run_with_prior(ADAPTIVE, request_model(q, r), q + r, p)
+        calls.append(n + 1)
+        lags.append(lag)
+        today.append(run(ADAPTIVE, request_model(q, r), q + r, 0.2)[1])
+    assert pct(calls, 0.5) <= 3 and max(calls) <= 5
+    assert pct(lags, 0.5) <= 0.45 and pct(lags, 0.5) <= pct(today, 0.5)
+
+
+@pytest.mark.parametrize(("queue_s", "run_s"), [(3.0, 20.0), (2.0, 45.0)])
+def test_with_a_warm_prior_requests_without_progress_take_four_calls(
+        queue_s: float, run_s: float) -> None:
+    p = warm_prior(queue_s, run_s)
+    calls, shares = [], []
+    for q, r in lengths(queue_s, run_s):
+        n, lag, _, _ = run_with_prior(ADAPTIVE, request_model(q, r, "none"), q + r, p)
+        calls.append(n + 1)
+        shares.append(lag / (q + r))
+    assert pct(calls, 0.5) <= 4, calls
+    assert 0 <= min(shares) and pct(shares, 0.95) <= 0.10, shares
+
+
+@pytest.mark.parametrize("progress", ["linear", "none"])
+def test_requests_three_times_slower_than_their_model_do_no_worse_than_without_a_prior(
+        progress: str) -> None:
+    p = warm_prior(3.0, 20.0)
+    ours, today = [], []
+    for q, r in lengths(3.0, 20.0, n=30, seed=5):
+        model = request_model(q, 3 * r, progress)
+        n, lag, _, _ = run_with_prior(ADAPTIVE, model, q + 3 * r, p)
+        n0, lag0, _ = run(ADAPTIVE, model, q + 3 * r, 0.2)
+        assert n <= n0 + 1  # never more calls (here: fewer)
+        assert 0 <= lag <= ADAPTIVE.age_fraction * (q + 3 * r)  # today's bound
+        ours.append(lag / (q + 3 * r))
+        today.append(lag0 / (q + 3 * r))
+    assert sum(ours) / len(ours) <= sum(today) / len(today) + 0.005
+
+
+def test_a_request_a_little_faster_than_its_model_is_still_caught_at_once() -> None:
+    p = warm_prior(2.0, 45.0)
+    assert p.total_lo_s is not None
+    # 98 % done just before the model's earliest end: it ends within a second
+    t = p.total_lo_s - 0.5
+    delay = ADAPTIVE.next_delay(PollContext(elapsed_s=t, polls=1, prior=p,
+                                            history=(Observation(t, "IN_PROGRESS", None, 98),)))
+    assert delay == ADAPTIVE.interval_s
+
+
+def test_without_progress_a_request_long_past_its_model_backs_off_by_its_age() -> None:
+    p = warm_prior(2.0, 45.0)
+    assert p.total_hi_s is not None
+    t = 2 * p.total_hi_s
+    ctx = PollContext(elapsed_s=t, polls=6, prior=p,
+                      history=(Observation(t, "IN_PROGRESS", None, None),))
+    assert ADAPTIVE.next_delay(ctx) <= ADAPTIVE.aged_fraction * t  # finer than today's cap
+    assert ADAPTIVE.next_delay(ctx) >= 0.9 * ADAPTIVE.aged_fraction * t
+
+
+def test_the_first_call_comes_a_poll_interval_before_the_earliest_typical_end() -> None:
+    p = warm_prior(2.0, 45.0)
+    lo = p.total_lo_s
+    assert lo is not None
+    assert ADAPTIVE.first_delay_s(p, 0.0) == pytest.approx(lo * 1.03 - 1.0)
+    assert ADAPTIVE.first_delay_s(p, 10.0) == pytest.approx(lo * 1.03 - 11.0)
+    assert p.total_hi_s is not None
+    assert ADAPTIVE.first_delay_s(p, p.total_hi_s + 5) is None  # a late enqueue: at once
+    late = ADAPTIVE.first_delay_s(p, lo + 5)  # past the earliest end: all but at once
+    assert late is not None and late <= 0.05 * (lo + 5)
+    long = AdaptivePolicy(interval_s=1.0, max_interval_s=30.0)
+    assert long.first_delay_s(p, 0.0) == 30.0  # CLIPIA_POLL_MAX_INTERVAL still bounds it
+
+
+def test_a_request_still_queued_at_its_first_call_is_called_before_it_can_end() -> None:
+    p = warm_prior(2.0, 45.0)
+    t = 40.0  # the queue is far longer than usual
+    delay = ADAPTIVE.next_delay(PollContext(elapsed_s=t, polls=1, prior=p,
+                                            history=(Observation(t, "IN_QUEUE", 4, None),)))
+    assert p.run_lo_s is not None and 1.0 <= delay <= p.run_lo_s
+
+
+def test_jumpy_progress_with_a_prior_stays_within_bounds_and_the_age_cap() -> None:
+    p = warm_prior(3.0, 60.0)
+    for q, r in lengths(3.0, 60.0, n=15):
+        n, lag, _, _ = run_with_prior(ADAPTIVE, request_model(q, r, "jumpy"), q + r, p)
+        assert 0 <= lag <= 0.25 * (q + r) and n <= 30
+
+
+def test_the_prior_gives_an_eta_before_progress_gives_a_rate() -> None:
+    p = warm_prior(2.0, 45.0)
+    history = (Observation(40.0, "IN_PROGRESS", None, None),)
+    assert estimate_remaining_s(history) is None
+    eta = estimate_remaining_s(history, p)
+    assert eta is not None and 0 < eta < 15
+
+
+def test_learning_from_cold_four_models_need_a_fifth_of_fixed_polling() -> None:
+    # Four models (queue and run ±15 %), half with progress, one in five requests three
+    # times slower than its model; the durations are learned as the poller would.
+    models = {"a": (1.0, 6.0), "b": (3.0, 20.0), "c": (2.0, 45.0), "d": (5.0, 100.0)}
+    rng = random.Random(3)
+    learned = {m: Durations() for m in models}
+    done = {m: 0 for m in models}
+    calls = fixed = 0
+    warm: dict[str, list[tuple[int, float, float]]] = {"linear": [], "none": []}
+    for _ in range(320):
+        m = rng.choice(sorted(models))
+        q, r = (v * rng.uniform(0.85, 1.15) for v in models[m])
+        slow = rng.random() < 0.2
+        progress = rng.choice(["linear", "none"])
+        end = q + r * (3 if slow else 1)
+        p = prior(learned[m])
+        n, lag, history, seen_at = run_with_prior(ADAPTIVE, request_model(q, end - q, progress),
+                                                  end, p)
+        learned[m] = learn(learned[m], history, end_s=seen_at)
+        done[m] += 1
+        calls += n + 1
+        fixed += math.floor(end - 0.2) + 3  # the SDK's 1 s polling from 0.2 s, + result
+        if p is not None and done[m] > 10 and not slow and m in ("b", "c"):
+            warm[progress].append((n + 1, lag, lag / end))
+    assert calls <= fixed / 5
+    for progress, most_calls, worst_share in (("linear", 3, 0.05), ("none", 4, 0.10)):
+        rows = warm[progress]
+        assert pct([c for c, _, _ in rows], 0.5) <= most_calls, rows
+        assert pct([s for _, _, s in rows], 0.95) <= worst_share, rows

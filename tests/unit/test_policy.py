@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from clipia_tasks.policy import BackoffPolicy, Phase, PollContext, classify, split_countdown
+from clipia_tasks.policy import (
+    BackoffPolicy,
+    FixedPolicy,
+    Phase,
+    PollContext,
+    classify,
+    split_countdown,
+)
 
 
 def ctx(polls: int) -> PollContext:
@@ -61,3 +68,14 @@ def test_long_waits_are_split_into_hops_no_longer_than_the_safe_countdown() -> N
     assert split_countdown(3.0, 1800.0) == (3.0, False)
     assert split_countdown(5000.0, 1800.0) == (1800.0, True)
     assert split_countdown(-1.0, 1800.0) == (0.0, False)
+
+
+def test_backoff_and_fixed_call_at_once_whatever_the_model_took() -> None:
+    from clipia_tasks.durations import ModelPrior
+
+    p = ModelPrior(queue_p50_s=2.0, queue_p90_s=3.0, run_p50_s=40.0, run_p90_s=50.0, samples=5)
+    assert BackoffPolicy().first_delay_s(p, 0.0) is None
+    assert FixedPolicy().first_delay_s(p, 0.0) is None
+    assert PollContext(elapsed_s=1.0, polls=1).prior is None
+    policy = BackoffPolicy(interval_s=1.0, max_interval_s=5.0, factor=2.0, rng=lambda: 0.0)
+    assert policy.next_delay(PollContext(elapsed_s=3.0, polls=3, prior=p)) == 4.0
