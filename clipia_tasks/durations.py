@@ -58,7 +58,8 @@ __all__ = [
 
 #: Samples kept per ring (queue, run, total); the oldest drop off first.
 MAX_SAMPLES = 20
-#: Samples a ring needs before :func:`prior` trusts it.
+#: Samples the total ring needs before :func:`prior` trusts it (the queue ring: one,
+#: see :func:`prior`).
 MIN_SAMPLES = 3
 #: Quantiles weigh a sample half as much as one this many samples newer.
 HALF_LIFE = 10.0
@@ -391,13 +392,20 @@ def _band(ring: Sequence[float]) -> tuple[float, float]:
 
 
 def prior(d: Durations) -> ModelPrior | None:
-    """What ``d`` predicts, or None while the queue or total ring has < :data:`MIN_SAMPLES`.
+    """What ``d`` predicts, or None while the total ring has < :data:`MIN_SAMPLES` samples
+    or the queue ring none.
 
     The run ring is informational (``run_*``): with a prior the poller rarely sees a
     run whole, so its samples lean towards the slow requests that fell back (it is
     taken as total minus queue while it has too few samples).
+
+    The queue ring fills more slowly, and may stop filling: only a request that
+    reports progress (or was seen queued just before it ran) tells its queue time,
+    and once the prior exists requests are first seen near their end. So one queue
+    sample is enough (the band of one sample is +-30 %, see :func:`_band`): without
+    it a model whose requests mostly report no progress would rarely get a prior.
     """
-    if min(len(d.queue_s), len(d.total_s)) < MIN_SAMPLES:
+    if len(d.total_s) < MIN_SAMPLES or not d.queue_s:
         return None
     queue, total = _band(d.queue_s), _band(d.total_s)
     total_p50, queue_p50 = _quantile(d.total_s, 0.5), _quantile(d.queue_s, 0.5)

@@ -23,6 +23,7 @@ The status vocabulary (``Phase``, ``classify``, ``Observation``) lives in
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -178,6 +179,9 @@ class AdaptivePolicy:
       has made far fewer calls), so it is caught at least as promptly as without
       a prior. (After one reading, the end that reading and the typical queue time
       suggest may shorten the wait, at ``approach`` of the way to it.)
+    * A request that has made more calls than the prior's schedule would have (it was
+      polled from the start, and its model's prior appeared meanwhile) keeps the
+      policy without a prior, exactly.
 
     Always within ``interval_s`` … ``max_interval_s``; a ``Retry-After`` is a
     floor above everything. Pure and deterministic given ``rng``.
@@ -300,12 +304,29 @@ class AdaptivePolicy:
         return min(delay, self.max_interval_s) if delay > 0 else None
 
     def next_delay(self, ctx: PollContext) -> float:
-        if ctx.prior is not None and ctx.history:
+        if ctx.prior is not None and ctx.history and not self._polled_without(ctx, ctx.prior):
             delay = self._prior_delay(ctx, ctx.prior)
             if delay is not None:
                 return delay
             return self._without_prior(ctx, aged=True)
         return self._without_prior(ctx, aged=False)
+
+    def _polled_without(self, ctx: PollContext, prior: ModelPrior) -> bool:
+        """Whether the request has made more calls than the prior's schedule would have.
+
+        Then it was polled from the start without the prior (the model's first requests
+        finished meanwhile, e.g. when all of them started at once): it keeps the policy
+        it started with. Switching would add calls (the prior's steps through the window
+        are finer than the age cap) and save none: the calls before it are spent.
+        The bound: a first call, one more while queued, one per ``max_interval_s`` of a
+        first call held to it, then steps of ``prior_lag_fraction`` of the age from the
+        earliest typical end (fewer where the age cap is coarser, or ``interval_s``
+        holds them apart), and a call to spare.
+        """
+        lo = prior.bands()[2][0]
+        now = ctx.elapsed_s
+        steps = math.log(max(now, lo, 1e-9) / max(lo, 1e-9)) / math.log1p(self.prior_lag_fraction)
+        return ctx.polls > 3 + now / self.max_interval_s + steps
 
     def _prior_delay(self, ctx: PollContext, prior: ModelPrior) -> float | None:
         """The delay the prior suggests, or None if the request does not fit it."""

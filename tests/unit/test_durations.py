@@ -125,6 +125,25 @@ def test_no_prior_below_min_samples() -> None:
     assert prior(history_of(2.0, 20.0, n=MIN_SAMPLES)) is not None
 
 
+def test_one_queue_sample_is_enough_when_the_totals_are_known() -> None:
+    # Given a model whose requests mostly report no progress: one told its queue time,
+    # the others only their total (enqueue to end)
+    d = observe(Durations(), queue_s=4.0, run_s=45.0)
+    for total in (48.0, 50.0, 52.0, 49.0, 51.0):
+        d = observe(d, queue_s=None, run_s=None, total_s=total)
+    # Then it has a prior, its queue band +-30 % around the one sample
+    p = prior(d)
+    assert p is not None and p.samples == 6
+    (q_lo, q_hi), _, (t_lo, t_hi) = p.bands()
+    assert q_lo == pytest.approx(2.8) and q_hi == pytest.approx(5.2)
+    assert t_lo <= 48.0 and t_hi >= 52.0
+    # but totals alone (no queue sample) are not enough
+    totals_only = observe(Durations(), queue_s=None, run_s=None, total_s=50.0)
+    for total in (48.0, 52.0):
+        totals_only = observe(totals_only, queue_s=None, run_s=None, total_s=total)
+    assert prior(totals_only) is None
+
+
 def test_a_few_much_slower_requests_do_not_widen_the_typical_band() -> None:
     # Given 16 ordinary requests (run 20 s ± 15 %) and 4 that ran three times longer
     rng = random.Random(5)
