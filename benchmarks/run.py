@@ -133,11 +133,15 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=None, help="requests per policy")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workload", choices=("mixed", "models"), default="mixed")
+    parser.add_argument("--max-run-s", type=float, default=None,
+                        help="mixed workload: longest run time (a smoke test's tiny run)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     clean_environment()
     n = args.n or (36 if args.quick else 120)
     max_queue_s, max_run_s = (3.0, 30.0) if args.quick else (10.0, 120.0)
+    if args.max_run_s:
+        max_queue_s, max_run_s = min(max_queue_s, args.max_run_s / 5), max(args.max_run_s, 5.0)
     models = args.workload == "models"
     policies = MODEL_POLICIES if models else POLICIES
     if models:

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.integration
 
 def test_the_policy_benchmark_prints_the_table_and_writes_json(tmp_path: Path) -> None:
     run = subprocess.run(
-        [sys.executable, "benchmarks/run.py", "--quick", "-n", "3", "--out", str(tmp_path)],
+        [sys.executable, "benchmarks/run.py", "--quick", "-n", "3", "--max-run-s", "6",
+         "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
