@@ -47,6 +47,7 @@ __all__ = [
     "WIDGET_CONTENT_TYPE",
     "WIDGET_HEADERS",
     "EndReason",
+    "ViewSettings",
     "aframes",
     "bad_id_answer",
     "check_settings",
@@ -198,6 +199,24 @@ def widget_js() -> str:
     """The browser widget, ``clipia_tasks/static/clipia-progress.js``, read once."""
     return (resources.files("clipia_tasks") / "static" / "clipia-progress.js").read_text(
         encoding="utf-8")
+
+
+class ViewSettings:
+    """What the three frameworks' ``ProgressViews`` share: ``authorize``, ``timeout_s``
+    and ``heartbeat_s``, checked once here."""
+
+    authorize: Any
+
+    def __init__(self, authorize: Any = None, *, timeout_s: float | None = 600.0,
+                 heartbeat_s: float = 15.0) -> None:
+        check_settings(timeout_s, heartbeat_s)
+        self.authorize = authorize
+        self.timeout_s = timeout_s
+        self.heartbeat_s = heartbeat_s
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(authorize={self.authorize!r}, "
+                f"timeout_s={self.timeout_s!r}, heartbeat_s={self.heartbeat_s!r})")
 
 
 def check_settings(timeout_s: float | None, heartbeat_s: float) -> None:

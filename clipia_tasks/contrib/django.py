@@ -49,9 +49,9 @@ from ._sse import (
     SSE_MEDIA_TYPE,
     WIDGET_CONTENT_TYPE,
     WIDGET_HEADERS,
+    ViewSettings,
     aframes,
     bad_id_answer,
-    check_settings,
     forbidden_answer,
     frames,
     snapshot_answer,
@@ -71,7 +71,7 @@ def clipia_webhook(request: HttpRequest) -> Any:
     return JsonResponse(body, status=status)
 
 
-class ProgressViews:
+class ProgressViews(ViewSettings):
     """The three live-progress views, for paths with a ``<str:request_id>`` parameter.
 
     ``authorize(request, request_id)`` decides who may follow a request: ``False``
@@ -85,16 +85,11 @@ class ProgressViews:
     ASGI the stream itself is asynchronous.
     """
 
+    authorize: Authorize | None
+
     def __init__(self, authorize: Authorize | None = None, *, timeout_s: float | None = 600.0,
                  heartbeat_s: float = 15.0) -> None:
-        check_settings(timeout_s, heartbeat_s)
-        self.authorize = authorize
-        self.timeout_s = timeout_s
-        self.heartbeat_s = heartbeat_s
-
-    def __repr__(self) -> str:
-        return (f"ProgressViews(authorize={self.authorize!r}, timeout_s={self.timeout_s!r}, "
-                f"heartbeat_s={self.heartbeat_s!r})")
+        super().__init__(authorize, timeout_s=timeout_s, heartbeat_s=heartbeat_s)
 
     def _checked(self, request: HttpRequest, request_id: str, methods: tuple[str, ...]
                  ) -> str | HttpResponseBase:

@@ -35,8 +35,8 @@ from ._sse import (
     SSE_MEDIA_TYPE,
     WIDGET_CONTENT_TYPE,
     WIDGET_HEADERS,
+    ViewSettings,
     bad_id_answer,
-    check_settings,
     forbidden_answer,
     frames,
     snapshot_answer,
@@ -54,7 +54,7 @@ def clipia_webhook() -> Any:
     return jsonify(body), status
 
 
-class ProgressViews:
+class ProgressViews(ViewSettings):
     """The three live-progress views, for rules with a ``<request_id>`` variable.
 
     ``authorize(flask.request, request_id)`` decides who may follow a request:
@@ -67,16 +67,11 @@ class ProgressViews:
     limit) with ``event: end``; a keep-alive comment goes out every ``heartbeat_s``.
     """
 
+    authorize: Authorize | None
+
     def __init__(self, authorize: Authorize | None = None, *, timeout_s: float | None = 600.0,
                  heartbeat_s: float = 15.0) -> None:
-        check_settings(timeout_s, heartbeat_s)
-        self.authorize = authorize
-        self.timeout_s = timeout_s
-        self.heartbeat_s = heartbeat_s
-
-    def __repr__(self) -> str:
-        return (f"ProgressViews(authorize={self.authorize!r}, timeout_s={self.timeout_s!r}, "
-                f"heartbeat_s={self.heartbeat_s!r})")
+        super().__init__(authorize, timeout_s=timeout_s, heartbeat_s=heartbeat_s)
 
     def _checked(self, request_id: str) -> str | tuple[Response, int]:
         """The canonical request id, or the answer to give instead (400, 403)."""

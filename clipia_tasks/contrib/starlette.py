@@ -39,9 +39,9 @@ from ._sse import (
     SSE_MEDIA_TYPE,
     WIDGET_CONTENT_TYPE,
     WIDGET_HEADERS,
+    ViewSettings,
     aframes,
     bad_id_answer,
-    check_settings,
     forbidden_answer,
     snapshot_answer,
     widget_js,
@@ -69,7 +69,7 @@ async def _encoded(frames: AsyncGenerator[str, None]) -> AsyncIterator[bytes]:
         await frames.aclose()
 
 
-class ProgressViews:
+class ProgressViews(ViewSettings):
     """The three live-progress endpoints, for routes with a ``{request_id}`` parameter.
 
     ``authorize(request, request_id)`` (sync or async; a sync one runs in the thread
@@ -82,16 +82,11 @@ class ProgressViews:
     limit) with ``event: end``; a keep-alive comment goes out every ``heartbeat_s``.
     """
 
+    authorize: Authorize | None
+
     def __init__(self, authorize: Authorize | None = None, *, timeout_s: float | None = 600.0,
                  heartbeat_s: float = 15.0) -> None:
-        check_settings(timeout_s, heartbeat_s)
-        self.authorize = authorize
-        self.timeout_s = timeout_s
-        self.heartbeat_s = heartbeat_s
-
-    def __repr__(self) -> str:
-        return (f"ProgressViews(authorize={self.authorize!r}, timeout_s={self.timeout_s!r}, "
-                f"heartbeat_s={self.heartbeat_s!r})")
+        super().__init__(authorize, timeout_s=timeout_s, heartbeat_s=heartbeat_s)
 
     async def _allowed(self, request: Request, request_id: str) -> bool:
         if self.authorize is None:
