@@ -13,7 +13,9 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -218,3 +220,45 @@ def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
     r.server.shutdown()
+
+
+@dataclass
+class WebStack:
+    """A simulator that signs webhooks and a worker on its own queue, for web-app tests."""
+
+    sim: Any
+    env: dict[str, str]
+    worker: Worker
+
+
+@contextmanager
+def web_stack(celery_env: dict[str, str], worker_logs: Path, *, queue: str, name: str,
+              includes: Sequence[str] = ()) -> Iterator[WebStack]:
+    """This process plays the web app: it submits (an API call, so it needs the key) to
+    its own simulator and enqueues on ``queue``. Celery's configuration was read before,
+    so the default queue is set on it as ``CLIPIA_QUEUE`` would have."""
+    from clipia_tasks import app
+    from clipia_tasks.settings import reset_settings
+    from clipia_tasks.simulator import Simulator, SimulatorServer
+
+    server = SimulatorServer(Simulator(webhook_secret=WORKER_ENV["CLIPIA_WEBHOOK_SECRET"]),
+                             port=0).start()
+    env = {**celery_env, "CLIPIA_BASE_URL": server.url, "CLIPIA_QUEUE": queue}
+    worker = Worker(env, worker_logs, queue=queue, name=name, includes=tuple(includes))
+    patch = pytest.MonkeyPatch()
+    default_queue = app.conf.task_default_queue
+    try:
+        worker.start()
+        patch.setenv("CLIPIA_API_KEY", TEST_KEY)
+        patch.setenv("CLIPIA_BASE_URL", server.url)
+        patch.setenv("CLIPIA_QUEUE", queue)
+        patch.delenv("PUBLIC_URL", raising=False)
+        app.conf.task_default_queue = queue
+        reset_settings()
+        yield WebStack(server.simulator, env, worker)
+    finally:
+        patch.undo()
+        app.conf.task_default_queue = default_queue
+        reset_settings()
+        worker.stop()
+        server.stop()

@@ -24,9 +24,8 @@ import httpx
 import pytest
 
 from clipia_tasks.redis_server import free_port
-from clipia_tasks.simulator import Simulator, SimulatorServer
 from tests.browser.conftest import NO_EVENT_SOURCE_JS, Browser
-from tests.conftest import ROOT, TEST_KEY, WORKER_ENV, Worker, wait_for
+from tests.conftest import ROOT, WebStack, wait_for, web_stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -36,12 +35,6 @@ RUNNING = {"queue_s": 0.5, "run_s": 3, "progress": "linear"}
 FAILURE_MESSAGE = "The prompt was flagged by the safety filter."
 FAILING = {"run_s": 1, "final": "FAILED", "error_code": "nsfw",
            "error_message": FAILURE_MESSAGE}
-
-
-@dataclass
-class Stack:
-    sim: Simulator
-    env: dict[str, str]
 
 
 @dataclass
@@ -62,37 +55,14 @@ class ExampleApp:
 
 
 @pytest.fixture(scope="module")
-def stack(celery_env: dict[str, str], worker_logs: Path) -> Iterator[Stack]:
-    from clipia_tasks import app
-    from clipia_tasks.settings import reset_settings
-
-    server = SimulatorServer(Simulator(webhook_secret=WORKER_ENV["CLIPIA_WEBHOOK_SECRET"]),
-                             port=0).start()
-    env = {**celery_env, "CLIPIA_BASE_URL": server.url, "CLIPIA_QUEUE": QUEUE}
-    worker = Worker(env, worker_logs, queue=QUEUE, name="browser",
-                    includes=("examples.django_app.receivers",))
-    patch = pytest.MonkeyPatch()
-    default_queue = app.conf.task_default_queue
-    try:
-        worker.start()
-        # This process serves the Flask app: it submits (with the key) to this simulator
-        # and enqueues on this module's queue, as CLIPIA_QUEUE would have set up.
-        patch.setenv("CLIPIA_API_KEY", TEST_KEY)
-        patch.setenv("CLIPIA_BASE_URL", server.url)
-        patch.setenv("CLIPIA_QUEUE", QUEUE)
-        app.conf.task_default_queue = QUEUE
-        reset_settings()
-        yield Stack(server.simulator, env)
-    finally:
-        patch.undo()
-        app.conf.task_default_queue = default_queue
-        reset_settings()
-        worker.stop()
-        server.stop()
+def stack(celery_env: dict[str, str], worker_logs: Path) -> Iterator[WebStack]:
+    with web_stack(celery_env, worker_logs, queue=QUEUE, name="browser",
+                   includes=("examples.django_app.receivers",)) as ws:
+        yield ws
 
 
 @contextmanager
-def serve_flask(stack: Stack, log_dir: Path) -> Iterator[str]:
+def serve_flask(stack: WebStack, log_dir: Path) -> Iterator[str]:
     from werkzeug.serving import make_server
 
     from examples.flask_app import app as example
@@ -111,7 +81,7 @@ def serve_flask(stack: Stack, log_dir: Path) -> Iterator[str]:
 
 
 @contextmanager
-def serve_process(name: str, args: Callable[[int], list[str]], stack: Stack, log_dir: Path
+def serve_process(name: str, args: Callable[[int], list[str]], stack: WebStack, log_dir: Path
                   ) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, **stack.env, "PYTHONUNBUFFERED": "1"}
@@ -144,13 +114,13 @@ def serve_process(name: str, args: Callable[[int], list[str]], stack: Stack, log
             proc.wait()
 
 
-def serve_django(stack: Stack, log_dir: Path) -> Any:
+def serve_django(stack: WebStack, log_dir: Path) -> Any:
     return serve_process("django", lambda port: [
         "examples/django_app/manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
         stack, log_dir)
 
 
-def serve_fastapi(stack: Stack, log_dir: Path) -> Any:
+def serve_fastapi(stack: WebStack, log_dir: Path) -> Any:
     return serve_process("fastapi", lambda port: [
         "-m", "uvicorn", "examples.fastapi_app.app:app", "--host", "127.0.0.1",
         "--port", str(port), "--log-level", "warning"], stack, log_dir)
@@ -160,7 +130,7 @@ SERVE = {"django": serve_django, "flask": serve_flask, "fastapi": serve_fastapi}
 
 
 @pytest.fixture(scope="module", params=sorted(SERVE))
-def example_app(request: pytest.FixtureRequest, stack: Stack,
+def example_app(request: pytest.FixtureRequest, stack: WebStack,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExampleApp]:
     """One example app, served for real on loopback (once per module and app)."""
     log_dir = tmp_path_factory.mktemp(f"browser-{request.param}")
@@ -168,7 +138,7 @@ def example_app(request: pytest.FixtureRequest, stack: Stack,
         yield ExampleApp(request.param, url)
 
 
-def image_urls(stack: Stack, request_id: str) -> list[tuple[str, str]]:
+def image_urls(stack: WebStack, request_id: str) -> list[tuple[str, str]]:
     """The simulator's output images of a request, as the page should show them."""
     output = stack.sim.result_of(request_id)["output"]
     return [("img", image["url"]) for image in output["images"]]
@@ -182,7 +152,7 @@ def assert_rose_then_filled(progress: list[int | None]) -> None:
 
 
 def test_the_view_shows_progress_rising_then_the_generated_image(
-    example_app: ExampleApp, stack: Stack, browser: Browser
+    example_app: ExampleApp, stack: WebStack, browser: Browser
 ) -> None:
     # Given a generation submitted with live progress
     request_id = example_app.submit(RUNNING)
@@ -200,7 +170,7 @@ def test_the_view_shows_progress_rising_then_the_generated_image(
 
 
 def test_a_failed_generation_shows_its_error_message(
-    example_app: ExampleApp, stack: Stack, browser: Browser
+    example_app: ExampleApp, stack: WebStack, browser: Browser
 ) -> None:
     # Given a generation that the model fails
     request_id = example_app.submit(FAILING)
@@ -217,7 +187,7 @@ def test_a_failed_generation_shows_its_error_message(
 
 @pytest.mark.parametrize("example_app", ["flask"], indirect=True)
 def test_the_form_submits_and_lands_on_a_view_that_completes(
-    example_app: ExampleApp, stack: Stack, browser: Browser
+    example_app: ExampleApp, stack: WebStack, browser: Browser
 ) -> None:
     # Given the form, with a prompt
     browser.open(f"{example_app.url}/")
@@ -236,7 +206,7 @@ def test_the_form_submits_and_lands_on_a_view_that_completes(
 
 @pytest.mark.parametrize("example_app", ["flask"], indirect=True)
 def test_without_event_source_the_view_polls_to_the_output(
-    example_app: ExampleApp, stack: Stack, browser: Browser
+    example_app: ExampleApp, stack: WebStack, browser: Browser
 ) -> None:
     # Given a browser without EventSource, and a generation
     browser.before_page_scripts(NO_EVENT_SOURCE_JS)

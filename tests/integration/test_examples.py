@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,7 @@ import pytest
 
 from clipia_tasks.callbacks import sign
 from clipia_tasks.redis_server import free_port
-from clipia_tasks.simulator import Simulator, SimulatorServer
-from tests.conftest import ROOT, TEST_KEY, WORKER_ENV, Worker, wait_for
+from tests.conftest import ROOT, WORKER_ENV, WebStack, wait_for, web_stack
 
 pytestmark = pytest.mark.integration
 
@@ -39,41 +37,11 @@ CB_SECRET = WORKER_ENV["CLIPIA_CALLBACK_SECRET"]
 SCRIPT = {"queue_s": 0.4, "run_s": 1.6, "progress": "linear"}
 
 
-@dataclass
-class Stack:
-    sim: Simulator
-    env: dict[str, str]
-    worker: Worker
-
-
 @pytest.fixture(scope="module")
-def stack(celery_env: dict[str, str], worker_logs: Path) -> Iterator[Stack]:
-    from clipia_tasks import app
-    from clipia_tasks.settings import reset_settings
-
-    server = SimulatorServer(Simulator(webhook_secret=WH_SECRET), port=0).start()
-    env = {**celery_env, "CLIPIA_BASE_URL": server.url, "CLIPIA_QUEUE": QUEUE}
-    worker = Worker(env, worker_logs, queue=QUEUE, name="examples",
-                    includes=("examples.django_app.receivers",))
-    patch = pytest.MonkeyPatch()
-    default_queue = app.conf.task_default_queue
-    try:
-        worker.start()
-        # This process plays the web app: it submits (an API call, so it needs the key)
-        # to this simulator, and enqueues on the examples' queue. Celery's configuration
-        # was read before, so the default queue is set on it as CLIPIA_QUEUE would have.
-        patch.setenv("CLIPIA_API_KEY", TEST_KEY)
-        patch.setenv("CLIPIA_BASE_URL", server.url)
-        patch.setenv("CLIPIA_QUEUE", QUEUE)
-        app.conf.task_default_queue = QUEUE
-        reset_settings()
-        yield Stack(server.simulator, env, worker)
-    finally:
-        patch.undo()
-        app.conf.task_default_queue = default_queue
-        reset_settings()
-        worker.stop()
-        server.stop()
+def stack(celery_env: dict[str, str], worker_logs: Path) -> Iterator[WebStack]:
+    with web_stack(celery_env, worker_logs, queue=QUEUE, name="examples",
+                   includes=("examples.django_app.receivers",)) as ws:
+        yield ws
 
 
 def follow(get: Callable[[], tuple[int, Any]], timeout_s: float = 30.0
@@ -102,7 +70,7 @@ def assert_progress_was_visible(seen: list[dict[str, Any]]) -> None:
 
 
 def test_django_example_submits_on_commit_with_a_webhook_and_hears_the_signal(
-    stack: Stack, tmp_path: Path
+    stack: WebStack, tmp_path: Path
 ) -> None:
     port = free_port()
     env = {**os.environ, **stack.env, "PYTHONUNBUFFERED": "1"}
@@ -173,7 +141,7 @@ def test_django_example_submits_on_commit_with_a_webhook_and_hears_the_signal(
 
 
 @pytest.fixture
-def flask_example(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def flask_example(stack: WebStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     from werkzeug.serving import make_server
 
     from examples.flask_app import app as example
@@ -268,7 +236,7 @@ class AsgiLoopback:
 
 
 def test_fastapi_example_completes_through_the_webhook_bridge(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+    stack: WebStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from starlette.testclient import TestClient
 

@@ -31,8 +31,7 @@ from clipia_tasks.contrib._sse import aframes, frames
 from clipia_tasks.errors import RedisUnavailableError
 from clipia_tasks.record import changes_channel
 from clipia_tasks.redis_server import free_port
-from clipia_tasks.simulator import Simulator, SimulatorServer
-from tests.conftest import ROOT, TEST_KEY, WORKER_ENV, Worker, wait_for
+from tests.conftest import ROOT, WebStack, wait_for, web_stack
 
 pytestmark = pytest.mark.integration
 
@@ -44,40 +43,10 @@ FAILING = {"queue_s": 0.2, "run_s": 0.5, "final": "FAILED", "error_code": "nsfw"
 WIDGET = (ROOT / "clipia_tasks" / "static" / "clipia-progress.js").read_text(encoding="utf-8")
 
 
-@dataclass
-class Stack:
-    sim: Simulator
-    env: dict[str, str]
-
-
 @pytest.fixture(scope="module")
-def stack(celery_env: dict[str, str], worker_logs: Path) -> Iterator[Stack]:
-    from clipia_tasks import app
-    from clipia_tasks.settings import reset_settings
-
-    server = SimulatorServer(Simulator(webhook_secret=WORKER_ENV["CLIPIA_WEBHOOK_SECRET"]),
-                             port=0).start()
-    env = {**celery_env, "CLIPIA_BASE_URL": server.url, "CLIPIA_QUEUE": QUEUE}
-    worker = Worker(env, worker_logs, queue=QUEUE, name="progress")
-    patch = pytest.MonkeyPatch()
-    default_queue = app.conf.task_default_queue
-    try:
-        worker.start()
-        # This process is the Flask and FastAPI web app: it submits (needs the key) to
-        # this simulator and enqueues on this queue, as CLIPIA_QUEUE would have it.
-        patch.setenv("CLIPIA_API_KEY", TEST_KEY)
-        patch.setenv("CLIPIA_BASE_URL", server.url)
-        patch.setenv("CLIPIA_QUEUE", QUEUE)
-        patch.delenv("PUBLIC_URL", raising=False)
-        app.conf.task_default_queue = QUEUE
-        reset_settings()
-        yield Stack(server.simulator, env)
-    finally:
-        patch.undo()
-        app.conf.task_default_queue = default_queue
-        reset_settings()
-        worker.stop()
-        server.stop()
+def stack(celery_env: dict[str, str], worker_logs: Path) -> Iterator[WebStack]:
+    with web_stack(celery_env, worker_logs, queue=QUEUE, name="progress") as ws:
+        yield ws
 
 
 # -- the four servers --------------------------------------------------------------------
@@ -151,7 +120,7 @@ def serve_fastapi() -> tuple[str, Callable[[], None]]:
     return f"http://127.0.0.1:{port}", stop
 
 
-def serve_django(stack: Stack, tmp_path: Path, *, asgi: bool) -> tuple[str, Callable[[], None]]:
+def serve_django(stack: WebStack, tmp_path: Path, *, asgi: bool) -> tuple[str, Callable[[], None]]:
     # The example's settings and routes, plus /t/: a settings module of the test's own.
     (tmp_path / "progress_test_settings.py").write_text(
         "from examples.django_app.settings import *  # noqa: F403\n"
@@ -201,7 +170,7 @@ class Server:
 
 
 @pytest.fixture(scope="module", params=["flask", "fastapi", "django-wsgi", "django-asgi"])
-def server(request: pytest.FixtureRequest, stack: Stack,
+def server(request: pytest.FixtureRequest, stack: WebStack,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     kind: str = request.param
     if kind == "flask":
@@ -419,7 +388,7 @@ def test_snapshot_widget_and_pages(server: Server) -> None:
 
 
 def test_redis_unreachable_is_a_503_snapshot_and_an_unavailable_end(
-        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+        stack: WebStack, monkeypatch: pytest.MonkeyPatch) -> None:
     from flask import Flask
     from starlette.applications import Starlette
     from starlette.routing import Route
