@@ -26,7 +26,8 @@ Every request follows a :class:`Script` (all fields optional)::
      "progress": "jumpy",                 # "linear" | "jumpy" | "none" (progress null)
      "final": "FAILED",                   # "COMPLETED" | "FAILED" | "CANCELED"
      "error_code": "nsfw", "error_message": "...",
-     "media": "video",                    # "image" | "video" | "audio"
+     "media": "video",                    # "image" | "video" | "audio"; default: by model,
+                                          # sim/video -> .mp4, sim/audio -> audio, else .png
      "queue_position_start": 5,           # counts down to 0 over queue_s
      "result_pending_calls": 1,           # result still 202 once after /status says done
      "latency_s": 0.5,                    # every answer about it is this slow

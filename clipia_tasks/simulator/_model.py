@@ -20,6 +20,7 @@ moment it was set.
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -167,8 +168,8 @@ class Script:
     error_code: str = "generation_failed"
     #: ``error.message`` when FAILED.
     error_message: str = "The model failed to generate an output."
-    #: Output shape: "image" | "video" | "audio".
-    media: str = "image"
+    #: Output shape: "image" | "video" | "audio"; None: by model slug (:func:`media_for_model`).
+    media: str | None = None
     #: queue_position at submit; counts down linearly to 0 over ``queue_s``.
     queue_position_start: int = 5
     #: The first N result calls after the request is terminal still answer 202.
@@ -186,7 +187,8 @@ class Script:
         _require_seconds("Script", "latency_s", self.latency_s)
         _require_choice("Script", "progress", self.progress, PROGRESS_MODES)
         _require_choice("Script", "final", self.final, TERMINAL_STATUSES)
-        _require_choice("Script", "media", self.media, MEDIA_KINDS)
+        if self.media is not None:
+            _require_choice("Script", "media", self.media, MEDIA_KINDS)
         _require_str("Script", "error_code", self.error_code)
         _require_str("Script", "error_message", self.error_message)
         _require_str("Script", "model", self.model)
@@ -312,6 +314,20 @@ def canonical_request_id(value: object) -> str | None:
         return str(uuid.UUID(value))
     except ValueError:
         return None
+
+
+def media_for_model(model: str) -> str:
+    """The output kind a model slug implies: "video" or "audio" if its name says so, else "image".
+
+    ``sim/video`` and ``acme/text-to-video-v2`` give videos, ``sim/audio`` an audio track,
+    anything else (``sim/image``) images, so a submit to ``sim/video`` gets an ``.mp4``
+    without scripting ``media``.
+    """
+    words = set(re.split(r"[/_.\-]+", model.lower()))
+    for kind in ("video", "audio"):
+        if kind in words:
+            return kind
+    return "image"
 
 
 def build_output(media: str, base_url: str, file_id: str) -> dict[str, Any]:

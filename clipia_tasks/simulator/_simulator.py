@@ -37,6 +37,7 @@ from ._model import (
     canonical_request_id,
     error_envelope,
     lifecycle,
+    media_for_model,
     pending_body,
     raced_pending_body,
     result_body,
@@ -518,7 +519,8 @@ class Simulator:
 
     def _result_body(self, req: _Request, snap: Snapshot) -> dict[str, Any]:
         file_id = "sandbox" if req.sandbox else req.request_id
-        output = build_output(req.script.media, self.base_url, file_id)
+        media = req.script.media or media_for_model(req.model)
+        output = build_output(media, self.base_url, file_id)
         return result_body(req.request_id, req.script, req.model, snap, req.created_at, output)
 
     def _submit_body(self, req: _Request, snap: Snapshot) -> dict[str, Any]:

@@ -40,3 +40,6 @@ CACHES = {
 }
 
 USE_TZ = True
+# Django's default is America/Chicago, which it also applies to the process (and so to
+# its log timestamps); the worker and Clipia's timestamps are UTC.
+TIME_ZONE = "UTC"

@@ -258,6 +258,32 @@ def test_video_output_has_the_documented_shape(http: httpx.Client, clock: FakeCl
     assert {"width", "height", "duration"} <= set(video)
 
 
+@pytest.mark.parametrize(
+    ("model", "script", "kind", "suffix"),
+    [
+        ("sim/video", {}, "video", ".mp4"),
+        ("sim/audio", {}, "audio", ".mp3"),
+        ("sim/image", {}, "images", ".png"),
+        ("acme/text-to-video-v2", {}, "video", ".mp4"),
+        ("sim/video", {"media": "image"}, "images", ".png"),  # the script wins
+        ("sim/image", {"media": "audio"}, "audio", ".mp3"),
+    ],
+)
+def test_output_media_follows_the_model_unless_the_script_sets_it(
+    sdk: clipia.Clipia, clock: FakeClock, model: str, script: dict[str, Any], kind: str, suffix: str
+) -> None:
+    # Given a request submitted to a model, as docs/running.md does with sim/video
+    job = sdk.submit(model, {"prompt": "a cat", "sim": {"run_s": 1, **script}})
+    clock.advance(2)
+    # When its result is fetched
+    output = sdk.result(job.request_id).output
+    # Then its output is of the model's kind (or the script's), with a matching file
+    assert output is not None
+    assert set(output) & {"images", "video", "audio"} == {kind}
+    media = output[kind][0] if kind == "images" else output[kind]
+    assert media["url"].endswith(f"/files/{job.request_id}{suffix}")
+
+
 def test_set_final_cancels_a_running_request_at_once(
     sim: Simulator, http: httpx.Client, clock: FakeClock
 ) -> None:
