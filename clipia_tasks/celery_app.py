@@ -192,7 +192,11 @@ def _check_at_worker_start(sender: Any = None, instance: Any = None, **_: Any) -
 
 @after_setup_logger.connect  # type: ignore[untyped-decorator]
 @after_setup_task_logger.connect  # type: ignore[untyped-decorator]
-def _log_format(logger: logging.Logger, **_: Any) -> None:
+def _log_format(logger: logging.Logger, loglevel: int | None = None, **_: Any) -> None:
+    from .logs import quiet_http_client_logs
+
+    # Our own DEBUG line per poll says more than httpx's INFO line per request.
+    quiet_http_client_logs(logging.INFO if loglevel is None else loglevel)
     try:
         json_logs = get_settings().log_format == "json"
     except ConfigurationError:

@@ -279,8 +279,10 @@ class PollTimeoutError(ClipiaTasksError):
 class PollPending(ClipiaTasksError):
     """Not a failure: the reason a poller re-scheduled itself.
 
-    Passed as ``exc`` to ``Task.retry`` so the task-retried event that Flower
-    shows reads like ``IN_PROGRESS 42 %, next poll in 3.1 s``.
+    Passed as ``exc`` to ``Task.retry``. The tasks' worker request class
+    (``clipia_tasks.tasks.PlannedRetryRequest``) sends its ``str`` as the
+    task-retried event's exception, without a traceback, so Flower shows
+    ``IN_PROGRESS 42 %, next poll in 3.1 s``.
     """
 
 

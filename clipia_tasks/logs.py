@@ -5,6 +5,10 @@ The package's records carry ``request_id``, ``task_id``, ``attempt`` and
 one per outcome at INFO. ``CLIPIA_LOG_FORMAT=json`` switches the
 worker's handlers to one JSON object per line, with those fields at the top
 level, for log pipelines. Nothing logged here is ever given the API key.
+
+httpx logs every request at INFO (``HTTP Request: GET …/status "HTTP/1.1 200 OK"``),
+which would be one more line per poll: :func:`quiet_http_client_logs` sets its
+loggers to WARNING in workers that log at INFO or above (docs/monitoring.md).
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["FIELDS", "JsonFormatter", "install_json_logging"]
+__all__ = ["FIELDS", "HTTP_CLIENT_LOGGERS", "JsonFormatter", "install_json_logging",
+           "quiet_http_client_logs"]
 
 #: The structured fields every record of this package carries.
 FIELDS = ("request_id", "task_id", "attempt", "next_delay_s")
+#: The HTTP client's loggers: httpx logs each request at INFO, httpcore its steps at DEBUG.
+HTTP_CLIENT_LOGGERS = ("httpx", "httpcore")
 
 
 class JsonFormatter(logging.Formatter):
@@ -52,3 +59,17 @@ def install_json_logging(logger: logging.Logger) -> None:
         for handler in target.handlers:
             handler.setFormatter(formatter)
 
+
+
+def quiet_http_client_logs(loglevel: int) -> None:
+    """Set httpx's and httpcore's loggers to WARNING unless ``loglevel`` is DEBUG.
+
+    A logger you gave a level yourself (before the worker set up logging) keeps it.
+    At DEBUG they are left alone: every HTTP request and connection step is logged.
+    """
+    if loglevel <= logging.DEBUG:
+        return
+    for name in HTTP_CLIENT_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)

@@ -19,6 +19,7 @@ from typing import Any
 import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore, Retry
+from celery.worker.request import Request
 from kombu.exceptions import OperationalError
 
 from . import _runtime
@@ -68,9 +69,35 @@ class _NoRetryStateBackend:
         return None
 
 
+class PlannedRetryRequest(Request):  # type: ignore[misc]
+    """The worker's handling of our tasks' messages: a planned retry reads as its note.
+
+    Celery's ``task-retried`` event carries ``safe_repr`` of the retry's reason and
+    the formatted traceback of the ``Retry`` raise. For a poll that found the
+    request unfinished, Flower would show ``PollPending('…')`` and a traceback (or,
+    in the threads/solo/gevent pools, where the reason is not unwrapped,
+    ``Retry(Retry(...), PollPending(...), 2.48)``). This sends the note alone
+    (``IN_PROGRESS 42 %, next poll in 3.1 s``) and no traceback: nothing failed.
+    Any other retry is reported as Celery reports it.
+    """
+
+    def on_retry(self, exc_info: Any) -> None:
+        raised = exc_info.exception
+        # The Retry itself after prefork's pickling; billiard's wrapper around it otherwise.
+        retry = raised if isinstance(raised, Retry) else getattr(raised, "exc", None)
+        pending = retry.exc if isinstance(retry, Retry) else None
+        if not isinstance(pending, PollPending):
+            super().on_retry(exc_info)
+            return
+        if self.task.acks_late:
+            self.acknowledge()
+        self.send_event("task-retried", exception=str(pending))
+
+
 class PollRequestTask(Task):  # type: ignore[misc]
     """Checks arguments at the call site, so a bad id never reaches the broker."""
 
+    Request = PlannedRetryRequest
     #: A backend given explicitly (``task.backend = ...``); the app's when ``None``.
     _explicit_backend: Any = None
     _proxy: _NoRetryStateBackend | None = None
@@ -337,11 +364,39 @@ TASK_OPTIONS: dict[str, Any] = {
 }
 
 
+class _NoSentEvent:
+    """An event dispatcher that publishes nothing: Celery's ``task-sent`` for a sweep."""
+
+    def publish(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class SweepTask(Task):  # type: ignore[misc]
+    """The sweep sends no task events, so Flower lists no row per run (every 30 s).
+
+    ``send_events = False`` stops the worker's ``task-received/started/succeeded``
+    for it (Celery's per-task switch). ``task-sent`` comes from the sender (beat)
+    and has no per-task switch: ``task_send_sent_event`` is app-wide. Celery hands
+    an ``event_dispatcher`` option to the publisher, so one that publishes nothing
+    drops it for this task alone. What the sweep did is in beat's and the
+    worker's logs (a WARNING when it re-sent anything).
+    """
+
+    send_events = False
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, *more: Any,
+                    **options: Any) -> Any:
+        options.setdefault("event_dispatcher", _NoSentEvent())
+        return super().apply_async(args, kwargs, *more, **options)
+
+
 def _install_all(celery_app: Celery) -> tuple[Any, Any, Any]:
     poll = celery_app.task(**TASK_OPTIONS)(_poll_request)
     callback = celery_app.task(name=CALLBACK_TASK_NAME, bind=True, acks_late=True,
-                               reject_on_worker_lost=True, max_retries=None)(_deliver_callback)
-    sweeper = celery_app.task(name=SWEEP_TASK_NAME, bind=True, ignore_result=True)(_sweep)
+                               reject_on_worker_lost=True, max_retries=None,
+                               Request=PlannedRetryRequest)(_deliver_callback)
+    sweeper = celery_app.task(name=SWEEP_TASK_NAME, base=SweepTask, bind=True,
+                              ignore_result=True)(_sweep)
     return poll, callback, sweeper
 
 

@@ -4,10 +4,12 @@ Flower builds its view from task events (it never reads the result backend), so
 it is started before any task runs. Three requests go through a dedicated
 worker: one that completes, one long one watched while it runs, one that the
 API finishes as FAILED. Flower's HTTP API must show each with the request id
-in its arguments, the long one as RETRY with the poller's note
-(``IN_PROGRESS 42 %, next poll in 3.1 s``), the failed one as FAILURE with the
-API's error code, and never the API key. An opt-in test renders the tasks page
-in headless Chromium and saves a screenshot (``CLIPIA_SCREENSHOTS=1``).
+in its arguments, the long one waiting (RETRY or RECEIVED) with the poller's
+note as its exception (``IN_PROGRESS 42 %, next poll in 3.1 s``) and no
+traceback, the failed one as FAILURE with the API's error code, and never the
+API key. A threads-pool worker polling every 3 s shows what a task waiting out
+a countdown looks like; beat's sweep never shows up. An opt-in test renders the
+tasks page in headless Chromium and saves a screenshot (``CLIPIA_SCREENSHOTS=1``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +31,9 @@ import httpx
 import pytest
 
 from clipia_tasks import poll_request
-from clipia_tasks.celery_app import POLL_TASK_NAME
+from clipia_tasks.celery_app import POLL_TASK_NAME, SWEEP_TASK_NAME
 from clipia_tasks.redis_server import free_port
-from tests.conftest import ROOT, TEST_KEY, Worker, wait_for
+from tests.conftest import ROOT, TEST_KEY, Beat, Worker, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -39,10 +42,12 @@ QUEUE = "flower"
 #: API's error (exception). Flower's default (name,uuid,state,received,runtime,worker)
 #: shows neither; docs/monitoring.md gives the same list.
 TASKS_COLUMNS = "name,state,args,exception,retries,received,runtime,worker,uuid"
-#: ``PollPending('IN_PROGRESS 42 %, next poll in 3.1 s')``: the note of a waiting poll.
+#: ``IN_PROGRESS 42 %, next poll in 3.1 s``: the exception of a waiting poll, nothing else.
 NOTE = re.compile(r"IN_PROGRESS (\d+) %, next poll in \d+(\.\d+)? s")
-#: ``PollPending('IN_QUEUE #3 in queue, next poll in 1.5 s')``: the note while queued.
-QUEUED_NOTE = re.compile(r"PollPending\('IN_QUEUE #\d+ in queue, next poll in \d+(\.\d+)? s'\)")
+#: ``IN_QUEUE #3 in queue, next poll in 1.5 s``: the note while queued.
+QUEUED_NOTE = re.compile(r"IN_QUEUE #\d+ in queue, next poll in \d+(\.\d+)? s")
+#: The states of a task waiting out its countdown (docs/monitoring.md says why both).
+WAITING = ("RETRY", "RECEIVED")
 
 
 @dataclass
@@ -54,16 +59,16 @@ class FlowerRun:
     def get(self, path: str, **params: Any) -> httpx.Response:
         return httpx.get(f"{self.base}{path}", params=params, timeout=10)
 
-    def tasks(self) -> dict[str, dict[str, Any]]:
-        """``poll_request`` tasks sent to this module's queue (Flower sees the whole broker)."""
+    def tasks(self, queue: str = QUEUE) -> dict[str, dict[str, Any]]:
+        """``poll_request`` tasks sent to ``queue`` (Flower sees the whole broker)."""
         response = self.get("/api/tasks", taskname=POLL_TASK_NAME)
         response.raise_for_status()
         data: dict[str, dict[str, Any]] = response.json()
-        return {k: t for k, t in data.items() if t.get("routing_key") == QUEUE}
+        return {k: t for k, t in data.items() if t.get("routing_key") == queue}
 
-    def task_for(self, request_id: str) -> dict[str, Any] | None:
+    def task_for(self, request_id: str, queue: str = QUEUE) -> dict[str, Any] | None:
         """Flower's entry for the chain polling ``request_id`` (its retries keep one task id)."""
-        found = [t for t in self.tasks().values() if request_id in (t.get("args") or "")]
+        found = [t for t in self.tasks(queue).values() if request_id in (t.get("args") or "")]
         assert len(found) <= 1, f"several tasks for {request_id}: {found}"
         return found[0] if found else None
 
@@ -154,7 +159,7 @@ def runs(flower: FlowerRun, simulator: Any) -> dict[str, str]:
     return rids
 
 
-def test_a_waiting_poll_is_retry_with_its_progress_note(
+def test_a_waiting_poll_shows_its_progress_note_and_no_traceback(
     flower: FlowerRun, runs: dict[str, str]
 ) -> None:
     rid = runs["long"]
@@ -164,17 +169,19 @@ def test_a_waiting_poll_is_retry_with_its_progress_note(
     def progressed() -> bool:
         task = flower.task_for(rid)
         assert task is None or task["state"] != "FAILURE", task
-        if task and task["state"] == "RETRY" and NOTE.search(task["exception"] or ""):
-            notes.append(task["exception"])
-        if task and task["state"] == "RETRY" and QUEUED_NOTE.fullmatch(task["exception"] or ""):
-            queued.append(task["exception"])
+        if task and task["state"] in WAITING and task["exception"]:
+            # A planned retry: the note alone, no traceback (nothing failed).
+            assert task.get("traceback") is None, task
+            if NOTE.fullmatch(task["exception"]):
+                notes.append(task["exception"])
+            if QUEUED_NOTE.fullmatch(task["exception"]):
+                queued.append(task["exception"])
         percents = {int(NOTE.search(n).group(1)) for n in notes}  # type: ignore[union-attr]
         return len(percents) >= 2  # seen it move, early in an 8 s run
 
     wait_for(progressed, timeout_s=30, interval_s=0.2)
     print("notes Flower showed:", *dict.fromkeys(queued + notes), sep="\n  ")
     assert queued, "never saw the IN_QUEUE note in the 2 s the request was queued"
-    assert notes[-1].startswith("PollPending('IN_PROGRESS ") and " %, next poll in " in notes[-1]
     percents = [int(NOTE.search(n).group(1)) for n in notes]  # type: ignore[union-attr]
     assert percents == sorted(percents) and percents[-1] < 100, percents
     task = flower.task_for(rid)
@@ -182,6 +189,71 @@ def test_a_waiting_poll_is_retry_with_its_progress_note(
 
     done = flower.wait_state(rid, "SUCCESS", timeout_s=30)
     assert "'status': 'COMPLETED'" in done["result"]
+
+
+#: The countdown worker's queue: ``-P threads``, one poll every 3 s (``fixed`` policy).
+COUNTDOWN_QUEUE = "flower-countdown"
+
+
+def test_a_task_waiting_out_a_countdown(
+    flower: FlowerRun, celery_env: dict[str, str], worker_logs: Path, simulator: Any
+) -> None:
+    """What a request between two polls 3 s apart looks like, in a threads-pool worker.
+
+    In that pool Celery's own event read ``Retry(Retry(...), PollPending('...'), 2.99)``
+    with a traceback: the reported issue.
+    """
+    worker = Worker(celery_env, worker_logs, queue=COUNTDOWN_QUEUE, name="flower-countdown",
+                    extra_env={"CLIPIA_QUEUE": COUNTDOWN_QUEUE, "CLIPIA_POLL_POLICY": "fixed",
+                               "CLIPIA_POLL_INTERVAL": "3", "CLIPIA_POLL_MAX_INTERVAL": "3"})
+    worker.start_args = ["-P", "threads"]
+    worker.start()
+    rid = simulator.simulator.create({"run_s": 30.0, "progress": "linear"})
+    try:
+        poll_request.apply_async((rid,), queue=COUNTDOWN_QUEUE)
+
+        # Given the first poll found the request running
+        def polled() -> dict[str, Any] | None:
+            task = flower.task_for(rid, COUNTDOWN_QUEUE)
+            return task if task and NOTE.fullmatch(task.get("exception") or "") else None
+
+        wait_for(polled, timeout_s=10, interval_s=0.05)
+        # When Flower is read during most of the 3 s countdown
+        seen = []
+        for _ in range(8):
+            time.sleep(0.25)
+            seen.append(flower.task_for(rid, COUNTDOWN_QUEUE) or {})
+    finally:
+        simulator.simulator.set_final(rid, "COMPLETED")
+        worker.stop()
+    # Then it is RETRY or RECEIVED all along, with the note and no traceback
+    print("states while waiting:", [t.get("state") for t in seen])
+    for task in seen:
+        assert task["state"] in WAITING, task
+        assert NOTE.fullmatch(task["exception"]), task
+        assert task.get("traceback") is None, task
+        assert task["retries"] >= 1 and task["args"] == repr([rid])
+
+
+def test_the_sweep_sends_no_task_events(
+    flower: FlowerRun, celery_env: dict[str, str], worker_logs: Path
+) -> None:
+    # Given beat sending the sweep every second to the Flower-watched worker
+    beat = Beat({**celery_env, "CLIPIA_QUEUE": QUEUE}, worker_logs)
+    beat.start()
+    try:
+        def swept_twice() -> bool:
+            runs = re.findall(rf"Task {re.escape(SWEEP_TASK_NAME)}\[[\w-]+\] succeeded",
+                              flower.worker.log())
+            return len(runs) >= 2
+
+        wait_for(swept_twice, timeout_s=15, interval_s=0.2)
+    finally:
+        beat.stop()
+    # Then Flower never saw it: no row, no event counted
+    assert flower.get("/api/tasks", taskname=SWEEP_TASK_NAME).json() == {}
+    assert f'task="{SWEEP_TASK_NAME}"' not in flower.get("/metrics").text
+    assert POLL_TASK_NAME in flower.get("/metrics").text  # while events do flow
 
 
 def test_completed_and_failed_requests(flower: FlowerRun, runs: dict[str, str]) -> None:
@@ -297,7 +369,7 @@ def test_tasks_page_screenshot(
 
     def waiting() -> bool:
         task = flower.task_for(rid)
-        return bool(task and task["state"] == "RETRY" and NOTE.search(task["exception"] or ""))
+        return bool(task and task["state"] in WAITING and NOTE.fullmatch(task["exception"] or ""))
 
     try:
         wait_for(waiting, timeout_s=20, interval_s=0.1)
@@ -315,10 +387,10 @@ def test_tasks_page_screenshot(
         waiting_row = next((r for r in rows if rid in r), "")
         failed_row = next((r for r in rows if failed in r), "")
         assert waiting_row, f"the waiting request is not on the tasks page:\n{dom[-4000:]}"
-        assert NOTE.search(waiting_row) and "PollPending" in waiting_row, waiting_row
-        # RETRY between polls; for a few ms per poll RECEIVED or STARTED.
+        assert NOTE.search(waiting_row) and "PollPending" not in waiting_row, waiting_row
+        # RETRY or RECEIVED between polls; for a few ms per poll STARTED.
         badge = re.search(r'class="badge [\w-]+">(\w+)<', waiting_row)
-        assert badge and badge.group(1) in ("RETRY", "RECEIVED", "STARTED"), waiting_row
+        assert badge and badge.group(1) in (*WAITING, "STARTED"), waiting_row
         assert failed_row and "nsfw_detected" in failed_row, failed_row
         assert 'class="badge text-bg-danger">FAILURE<' in failed_row, failed_row
         assert TEST_KEY not in dom

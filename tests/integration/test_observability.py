@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +62,40 @@ def test_metrics_and_json_logs_from_a_prefork_worker(
     assert polled and all({"request_id", "task_id", "attempt", "next_delay_s"} <= set(e)
                           for e in polled)
     assert TEST_KEY not in worker.log()
+    # At DEBUG httpx's loggers are left alone: every API call is logged
+    assert any(e["logger"] == "httpx" and e["message"].startswith("HTTP Request: GET ")
+               for e in lines)
+
+
+
+def test_an_info_worker_logs_celerys_lines_per_poll_and_no_http_requests(
+    simulator: Any, celery_env: dict[str, str], worker_logs: Path
+) -> None:
+    """docs/monitoring.md, "Logs": what one request costs in log lines at -l INFO."""
+    # Given a worker at INFO (the default of `celery worker`)
+    worker = Worker(celery_env, worker_logs, queue="info-logs", name="info-logs",
+                    extra_env={"CLIPIA_QUEUE": "info-logs"})
+    worker.loglevel = "INFO"
+    worker.start()
+    try:
+        # When it follows a request through a few polls
+        rid = simulator.simulator.create({"run_s": 1.0})
+        result = poll_request.apply_async((rid,), queue="info-logs")
+        result.get(timeout=30)
+    finally:
+        worker.stop()
+    text = worker.log()
+    polls = len(simulator.simulator.calls(rid, endpoint="status"))
+    task = f"Task clipia_tasks.poll_request[{result.id}]"
+    # Then httpx's line per request is not there (its logger is at WARNING)...
+    assert "HTTP Request:" not in text
+    # ...nor our DEBUG line per poll; Celery logs each message received and each retry
+    assert "polled " not in text
+    assert polls >= 3
+    assert text.count(f"{task} received") == polls
+    retries = re.findall(rf"{re.escape(task)} retry: Retry in [\d.]+s: PollPending\('([^']+)'\)",
+                         text)
+    assert len(retries) == polls - 1 and all(" next poll in " in r for r in retries), retries
+    # ...and one line per outcome, ours and Celery's
+    assert text.count(f"request {rid} ended COMPLETED") == 1
+    assert text.count(f"{task} succeeded in ") == 1
