@@ -1,10 +1,11 @@
 """The ``clipia-tasks`` command: ``demo``, ``watch``, ``status``, ``resume``, ``doctor``,
-``simulator``.
+``simulator``, ``redis``.
 
 Exit codes: 0 success (the watched request COMPLETED; the status call answered;
-every doctor check passed; the demo ran as scripted), 1 the watched request
-failed / was canceled / timed out, the status call failed, a doctor check
-failed, or the demo saw an unexpected outcome, 2 bad usage or configuration,
+no doctor check failed, warnings allowed; the demo ran as scripted; ``redis``
+stopped by Ctrl-C), 1 the watched request failed / was canceled / timed out, the
+status call failed, a doctor check failed, the demo saw an unexpected outcome,
+or ``redis`` could not start or exited on its own, 2 bad usage or configuration,
 130 interrupted. ``--json`` prints one JSON document on stdout (progress and
 messages go to stderr).
 """
@@ -14,12 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from rich.console import Console
@@ -53,6 +58,18 @@ def _redis_answers(url: str) -> bool:
         return False
 
 
+def _request_id(verb: str, value: str) -> str:
+    """``value`` as a request id, or ValueError naming the verb (not the task)."""
+    from .nouns import check_request_id
+
+    try:
+        return check_request_id(value)
+    except ValueError:
+        raise ValueError(
+            f"{verb}: {value!r} is not a Clipia request id; pass the UUID that submit "
+            "returned, e.g. '764cabcf-b745-4b3e-ae38-1200304cf45b'") from None
+
+
 # -- demo ----------------------------------------------------------------------
 
 
@@ -84,6 +101,144 @@ DEMO_JOBS = [
 ]
 
 
+@dataclass
+class DemoTrail:
+    """What the demo writes to a Redis it did not start, so that it can take it all back.
+
+    Its own keys (per request id, per task id, its queue's) go at the end; keys
+    any worker shares (the epoch, a model's durations) only if the demo created
+    them; shared kombu tables lose only the demo worker's members, and the table
+    of binding deadlines the entries the demo added.
+    """
+
+    url: str
+    queue: str
+    api_key: str
+    request_ids: list[str] = field(default_factory=list)
+    task_ids: set[str] = field(default_factory=set)
+    created: list[str] = field(default_factory=list)
+    deadlines_before: set[str] = field(default_factory=set)
+
+    def _client(self) -> Any:
+        from .connections import redis_client
+        from .settings import get_settings
+
+        return redis_client(self.url, get_settings(), decode_responses=True,
+                            socket_timeout_s=5, connect_timeout_s=5)
+
+    def _shared_keys(self) -> list[str]:
+        from .record.keys import DURATIONS_PREFIX, EPOCH_KEY
+
+        return [EPOCH_KEY, *sorted({DURATIONS_PREFIX + job.model for job in DEMO_JOBS})]
+
+    def note_before(self) -> None:
+        """Remember which shared keys do not exist yet (call before the worker starts)."""
+        prefix, _sep, _steps, channel = self._kombu_names()
+        deadlines = getattr(channel, "keyprefix_binding_deadlines", None)  # kombu >= 5.7
+        client = self._client()
+        try:
+            self.created = [key for key in self._shared_keys() if not client.exists(key)]
+            if deadlines:
+                self.deadlines_before = {e for e in self._exchanges()
+                                         if client.zscore(prefix + deadlines, e) is not None}
+        finally:
+            client.close()
+
+    @staticmethod
+    def _exchanges() -> list[str]:
+        """The shared exchanges a worker binds to: remote control and its replies, events."""
+        from .celery_app import app
+
+        return [app.control.mailbox.exchange.name, app.control.mailbox.reply_exchange.name,
+                str(app.conf.event_exchange)]
+
+    def erase(self) -> int:
+        """Delete what the demo wrote; returns how many keys went or shrank."""
+        from .celery_app import app
+        from .client import ClipiaClient
+        from .record.keys import (
+            CHAINS_KEY,
+            DELIVERY_LOCK_PREFIX,
+            PAUSE_PREFIX,
+            POLL_LOCK_PREFIX,
+            ChainField,
+            Field,
+            record_key,
+        )
+
+        client = self._client()
+        try:
+            ours = set(self.request_ids)
+            task_ids = set(self.task_ids)
+            for rid in ours:
+                for name, value in client.hgetall(record_key(rid)).items():
+                    if name == Field.OWNER and value:
+                        task_ids.add(value)
+                    task_ids.update(name[len(f):] for f in ChainField if name.startswith(f))
+            chains = [m for m, _ in client.zscan_iter(CHAINS_KEY) if m.split(" ")[0] in ours]
+            task_ids.update(m.split(" ", 1)[1] for m in chains if " " in m)
+            api = ClipiaClient(self.api_key)  # names the per-key pause after a 429
+            fingerprint = api.key_fingerprint
+            api.close()
+            keys = [k for rid in ours for k in (
+                record_key(rid), POLL_LOCK_PREFIX + rid, DELIVERY_LOCK_PREFIX + rid)]
+            keys += [app.backend.get_key_for_task(tid).decode() for tid in task_ids]
+            keys += [PAUSE_PREFIX + fingerprint, *self.created, *self._kombu_keys()]
+            gone = int(client.delete(*keys)) if keys else 0
+            if chains:
+                gone += int(client.zrem(CHAINS_KEY, *chains))
+            return gone + self._erase_kombu_members(client)
+        finally:
+            client.close()
+
+    def _kombu_names(self) -> tuple[str, str, list[int], Any]:
+        from kombu.transport import redis as kombu_redis
+
+        from .celery_app import app
+
+        options = app.conf.broker_transport_options or {}
+        channel = kombu_redis.Channel
+        return (str(options.get("global_keyprefix", "")), str(options.get("sep", channel.sep)),
+                list(options.get("priority_steps", channel.priority_steps)), channel)
+
+    def _kombu_keys(self) -> list[str]:
+        """The demo queue's own keys: its lists (one per priority) and binding tables."""
+        prefix, sep, steps, channel = self._kombu_names()
+        keys = [self.queue, *(f"{self.queue}{sep}{step}" for step in steps if step)]
+        keys.append(channel.keyprefix_queue % self.queue)
+        permanent = getattr(channel, "keyprefix_binding_permanent", None)  # kombu >= 5.7
+        if permanent:
+            keys.append(permanent % self.queue)
+        return [prefix + key for key in keys]
+
+    def _erase_kombu_members(self, client: Any) -> int:
+        """The demo worker's bindings in the shared tables (remote control, events)."""
+        prefix, sep, _steps, channel = self._kombu_names()
+        exchanges = self._exchanges()
+        tables = [channel.keyprefix_queue]
+        permanent = getattr(channel, "keyprefix_binding_permanent", None)
+        if permanent:
+            tables.append(permanent)
+        gone = 0
+        for exchange in exchanges:
+            for table in tables:
+                key = prefix + table % exchange
+                # A member is "routing key<sep>pattern<sep>queue"; the worker's queues
+                # there are named after it (<queue>@<host>.celery.pidbox).
+                mine = [m for m in client.smembers(key) if m.split(sep)[-1].startswith(self.queue)]
+                if mine:
+                    gone += int(client.srem(key, *mine))
+        deadlines = getattr(channel, "keyprefix_binding_deadlines", None)
+        if deadlines:
+            # The demo's own, those it added (left, kombu's sweep would delete a table of
+            # someone else's that never expired), and moot ones (their table is gone).
+            added = [self.queue, *(
+                e for e in exchanges if e not in self.deadlines_before
+                or not client.exists(prefix + channel.keyprefix_queue % e))]
+            gone += int(client.zrem(prefix + deadlines, *added))
+        return gone
+
+
 def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
     import clipia
 
@@ -91,11 +246,17 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from .redis_server import RedisServer
     from .simulator import SimulatorServer
 
+    # A private queue, so a production worker on the same Redis never sees demo tasks.
+    queue = f"clipia-demo-{uuid.uuid4().hex[:8]}"
+    api_key = "clipia_live_demo_simulator_only"
+    trail: DemoTrail | None = None
     with ExitStack() as stack:
         # Only a Redis the user named: never one that merely happens to run here.
         redis_url = os.environ.get("REDIS_URL", "")
         if redis_url and not args.private_redis and _redis_answers(redis_url):
-            console.print(f"Redis: using REDIS_URL ({redact_url(redis_url)})")
+            console.print(f"Redis: using REDIS_URL ({redact_url(redis_url)}); the demo "
+                          "removes what it writes there when it ends")
+            trail = DemoTrail(redis_url, queue, api_key)
         else:
             server = RedisServer().start()
             stack.callback(server.stop)
@@ -104,12 +265,10 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
                           f"on port {server.port}")
         sim = stack.enter_context(SimulatorServer(port=0))
         console.print(f"Simulator: {sim.url}")
-        # A private queue, so a production worker on the same Redis never sees demo tasks.
-        queue = f"clipia-demo-{uuid.uuid4().hex[:8]}"
         env = {
             "REDIS_URL": redis_url,
             "CLIPIA_BASE_URL": sim.url,
-            "CLIPIA_API_KEY": "clipia_live_demo_simulator_only",
+            "CLIPIA_API_KEY": api_key,
             "CLIPIA_POLL_INTERVAL": "0.5",
             "CLIPIA_POLL_MAX_INTERVAL": "2",
             "CLIPIA_POLL_TIMEOUT": "120",
@@ -117,10 +276,15 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
         }
         for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
             os.environ.pop(name, None)
-        log_path = os.path.join(stack.enter_context(_tempdir()), "worker.log")
-        console.print("Worker: starting celery -A clipia_tasks worker ...")
-        stack.enter_context(WorkerProcess(env, log_path, queue=queue))
+        # Before anything touches the Celery app: it must route to the demo's queue.
         configure_process({k: v for k, v in env.items() if k != "CLIPIA_API_KEY"})
+        if trail is not None:
+            trail.note_before()
+            # Registered before the worker starts, so it runs after the worker stopped.
+            stack.callback(_erase_trail, trail, console)
+        log_path = os.path.join(stack.enter_context(_tempdir()), "worker.log")
+        console.print(f"Worker: starting celery -A clipia_tasks worker -Q {queue} ...")
+        stack.enter_context(WorkerProcess(env, log_path, queue=queue))
         from .state import get_state
         from .tasks import poll_request
 
@@ -132,7 +296,12 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
         started: dict[str, tuple[DemoJob, str, float]] = {}
         for job in DEMO_JOBS:
             sub = sdk.submit(job.model, {"prompt": job.label, "sim": job.script})
-            started[sub.request_id] = (job, poll_request.delay(sub.request_id).id, time.time())
+            if trail is not None:
+                trail.request_ids.append(sub.request_id)
+            task_id = poll_request.delay(sub.request_id).id
+            if trail is not None:
+                trail.task_ids.add(task_id)
+            started[sub.request_id] = (job, task_id, time.time())
         sdk.close()
         canceled = next(rid for rid, (j, _, _) in started.items() if j.expect is Outcome.CANCELED)
 
@@ -187,6 +356,21 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def _erase_trail(trail: DemoTrail, console: Console) -> None:
+    import redis
+
+    from .record.keys import REQUEST_PREFIX
+
+    try:
+        gone = trail.erase()
+    except (redis.RedisError, OSError) as exc:
+        console.print(f"[red]Could not remove the demo's keys from REDIS_URL[/red]: {exc} "
+                      f"(its request ids are {', '.join(trail.request_ids) or 'none'}: keys "
+                      f"{REQUEST_PREFIX}<id>; its queue is {trail.queue})")
+        return
+    console.print(f"Removed the demo's keys from REDIS_URL ({gone} removed or shrunk).")
+
+
 @contextmanager
 def _tempdir() -> Iterator[str]:
     import tempfile
@@ -199,11 +383,10 @@ def _tempdir() -> Iterator[str]:
 
 
 def _cmd_watch(args: argparse.Namespace, console: Console) -> int:
-    from .nouns import check_request_id
     from .state import get_state
     from .tasks import poll_request
 
-    rid = check_request_id(args.request_id)
+    rid = _request_id("watch", args.request_id)
     res = poll_request.delay(rid)
     last = None
     with Progress(TextColumn("{task.description}"), BarColumn(),
@@ -219,7 +402,7 @@ def _cmd_watch(args: argparse.Namespace, console: Console) -> int:
                     text += f" #{st.queue_position} in queue"
                 bars.update(bar, completed=st.progress or 0, state=text)
             time.sleep(0.25)
-        bars.update(bar, completed=100, state=res.state)
+        bars.update(bar, completed=100, state=_final_word(rid, res))
     if res.successful():
         out = res.result
         console.print_json(json.dumps(out)) if not args.json else print(json.dumps(out))
@@ -232,15 +415,28 @@ def _cmd_watch(args: argparse.Namespace, console: Console) -> int:
     return EXIT_FAILED
 
 
+def _final_word(request_id: str, res: Any) -> str:
+    """How the watched request ended, in Clipia's words (COMPLETED, FAILED, ...), not Celery's."""
+    from .state import get_state
+
+    st = get_state(request_id)
+    if st is not None and st.outcome:
+        return str(st.outcome)
+    if res.successful() and isinstance(res.result, dict) and res.result.get("status"):
+        return str(res.result["status"])
+    # No outcome recorded: the poll itself failed (a bad key, say); name the error.
+    return f"{st.status} ({type(res.result).__name__})" if st and st.status else (
+        type(res.result).__name__)
+
+
 # -- status ------------------------------------------------------------------
 
 
 def _cmd_status(args: argparse.Namespace, console: Console) -> int:
     from .client import ClipiaClient
-    from .nouns import check_request_id
     from .settings import get_settings
 
-    rid = check_request_id(args.request_id)
+    rid = _request_id("status", args.request_id)
     settings = get_settings()
     client = ClipiaClient.from_settings(settings)
     try:
@@ -265,7 +461,8 @@ def _cmd_status(args: argparse.Namespace, console: Console) -> int:
 def _cmd_resume(args: argparse.Namespace, console: Console) -> int:
     from .resume import resume
 
-    done = resume(args.request_ids, callback_url=args.callback_url)
+    ids = [_request_id("resume", rid) for rid in args.request_ids]
+    done = resume(ids, callback_url=args.callback_url)
     if args.json:
         print(json.dumps([{"request_id": r.request_id, "action": r.action,
                            "task_id": r.result.id if r.result is not None else None}
@@ -283,15 +480,39 @@ def _cmd_resume(args: argparse.Namespace, console: Console) -> int:
 # -- doctor ------------------------------------------------------------------
 
 
+class Level(StrEnum):
+    """How a doctor check came out."""
+
+    #: Nothing to do.
+    OK = "ok"
+    #: Works, but not as production should run (exit 0 unless ``--production``).
+    WARN = "warn"
+    #: Broken: the command exits 1.
+    FAIL = "fail"
+
+
+def _passed(ok: bool) -> Level:
+    return Level.OK if ok else Level.FAIL
+
+
 @dataclass
 class Check:
     name: str
-    ok: bool
+    level: Level
     detail: str
     fix: str = ""
 
+    @property
+    def ok(self) -> bool:
+        return self.level is Level.OK
 
-def _doctor_checks() -> list[Check]:
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "level": str(self.level),
+                "detail": self.detail, "fix": self.fix}
+
+
+def _doctor_checks(*, production: bool = False) -> list[Check]:
+    """Every check, in order. ``production``: persistence off is a FAIL, not a WARN."""
     import redis
 
     from .celery_app import app
@@ -304,8 +525,8 @@ def _doctor_checks() -> list[Check]:
     try:
         settings = get_settings()
     except ConfigurationError as exc:
-        return [Check("settings", False, str(exc), "fix the variable named above")]
-    checks.append(Check("settings", True, "all settings parse"))
+        return [Check("settings", Level.FAIL, str(exc), "fix the variable named above")]
+    checks.append(Check("settings", Level.OK, "all settings parse"))
     for label, url in (("broker", settings.broker), ("result backend", settings.backend)):
         try:
             client = redis_client(url, settings, socket_timeout_s=2, connect_timeout_s=2)
@@ -313,25 +534,27 @@ def _doctor_checks() -> list[Check]:
             aof = client.info("persistence").get("aof_enabled") == 1
             replicas = int(client.info("replication").get("connected_slaves") or 0)
             client.close()
-            checks.append(Check(f"Redis ({label})", True, f"{redact_url(url)} answers"))
+            checks.append(Check(f"Redis ({label})", Level.OK, f"{redact_url(url)} answers"))
             if label == "result backend":
+                off = Level.FAIL if production else Level.WARN
                 checks.append(Check(
-                    "Redis persistence", aof,
+                    "Redis persistence", Level.OK if aof else off,
                     "AOF on" if aof else "appendonly is off: a restart loses requests in flight",
-                    "" if aof else "appendonly yes, appendfsync everysec (docs/delivery.md)"))
+                    "" if aof else "appendonly yes, appendfsync everysec (docs/delivery.md); "
+                    "for hand runs: clipia-tasks redis"))
             if is_sentinel(url):
                 checks.append(Check(
-                    f"Sentinel ({label})", replicas > 0,
+                    f"Sentinel ({label})", _passed(replicas > 0),
                     f"master {settings.sentinel_master!r} has {replicas} replica(s)",
                     "" if replicas else "a failover needs a replica to promote: add one"))
         except (redis.RedisError, OSError, ValueError) as exc:
-            checks.append(Check(f"Redis ({label})", False, f"{redact_url(url)}: {exc}",
+            checks.append(Check(f"Redis ({label})", Level.FAIL, f"{redact_url(url)}: {exc}",
                                 "start Redis or fix REDIS_URL / CELERY_* URLs"))
     try:
         key = settings.require_api_key()
-        checks.append(Check("API key", True, f"{key[:12]}… (format ok)"))
+        checks.append(Check("API key", Level.OK, f"{key[:12]}… (format ok)"))
     except ConfigurationError as exc:
-        checks.append(Check("API key", False, str(exc),
+        checks.append(Check("API key", Level.FAIL, str(exc),
                             "workers need it; a web process that only enqueues does not"))
         key = ""
     if key:
@@ -339,14 +562,16 @@ def _doctor_checks() -> list[Check]:
         api = ClipiaClient.from_settings(settings)
         try:
             api.status(probe)
-            checks.append(Check("API", True, f"{settings.base_url} answers"))
+            checks.append(Check("API", Level.OK, f"{settings.base_url} answers"))
         except RequestNotFoundError:
-            checks.append(Check("API", True, f"{settings.base_url} answers and accepts the key"))
+            checks.append(Check("API", Level.OK,
+                                f"{settings.base_url} answers and accepts the key"))
         except AuthenticationError:
-            checks.append(Check("API", False, "the API rejected the key (401)",
+            checks.append(Check("API", Level.FAIL, "the API rejected the key (401)",
                                 "check CLIPIA_API_KEY (revoked? test vs live?)"))
         except ClipiaTasksError as exc:
-            checks.append(Check("API", False, str(exc), "check CLIPIA_BASE_URL and the network"))
+            checks.append(Check("API", Level.FAIL, str(exc),
+                                "check CLIPIA_BASE_URL and the network"))
         finally:
             api.close()
     try:
@@ -354,27 +579,86 @@ def _doctor_checks() -> list[Check]:
         # A worker busy on two cores can take over a second to answer.
         replies = app.control.ping(timeout=2.0) or []
         names = sorted(name for reply in replies for name in reply)
-        checks.append(Check("workers", bool(names),
+        checks.append(Check("workers", _passed(bool(names)),
                             ", ".join(names) if names else "no worker answered a ping",
                             "" if names else "start one: celery -A clipia_tasks worker"))
     except Exception as exc:
-        checks.append(Check("workers", False, f"ping failed: {exc}", "check the broker"))
+        checks.append(Check("workers", Level.FAIL, f"ping failed: {exc}", "check the broker"))
     return checks
 
 
+_LEVEL_MARKUP = {Level.OK: "[green]ok[/green]", Level.WARN: "[yellow]WARN[/yellow]",
+                 Level.FAIL: "[red]FAIL[/red]"}
+
+
 def _cmd_doctor(args: argparse.Namespace, console: Console) -> int:
-    checks = _doctor_checks()
+    checks = _doctor_checks(production=args.production)
     if args.json:
-        print(json.dumps([vars(c) for c in checks]))
+        print(json.dumps([c.as_dict() for c in checks]))
     else:
-        table = Table(title="clipia-tasks doctor")
-        for col in ("check", "", "detail", "what to do"):
-            table.add_column(col)
+        # Never cut: the detail (a Redis URL, say) gets half the width and folds rather
+        # than ending in "…".
+        table = Table(title="clipia-tasks doctor", expand=True)
+        table.add_column("check", ratio=2)
+        table.add_column("", no_wrap=True)
+        table.add_column("detail", overflow="fold", ratio=5)
+        table.add_column("what to do", overflow="fold", ratio=3)
         for c in checks:
-            table.add_row(c.name, "[green]ok[/green]" if c.ok else "[red]FAIL[/red]", c.detail,
-                          c.fix)
+            table.add_row(c.name, _LEVEL_MARKUP[c.level], c.detail, c.fix)
         console.print(table)
-    return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILED
+    return EXIT_FAILED if any(c.level is Level.FAIL for c in checks) else EXIT_OK
+
+
+# -- redis -------------------------------------------------------------------
+
+
+def _default_redis_dir() -> Path:
+    """``$XDG_DATA_HOME/clipia-tasks/redis``, by default ``~/.local/share/clipia-tasks/redis``."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "clipia-tasks" / "redis"
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _cmd_redis(args: argparse.Namespace) -> int:
+    """A private Redis with AOF on, in a data directory kept between runs, until Ctrl-C."""
+    import fcntl
+
+    from .redis_server import RedisServer
+
+    console = Console(stderr=True)  # stdout carries only the export line
+    directory = Path(args.dir).expanduser() if args.dir else _default_redis_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "clipia-tasks-redis.lock", "w") as lock:
+        try:
+            # Two servers appending to one AOF would corrupt it.
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigurationError(f"another clipia-tasks redis uses {directory}; stop it, "
+                                     "or pass --dir for a second one") from None
+        try:
+            server = RedisServer(port=args.port or None, persistent=True, directory=directory)
+            server.start()
+        except RuntimeError as exc:
+            console.print(f"clipia-tasks redis: {exc}")
+            return EXIT_FAILED
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops it as cleanly as Ctrl-C
+        try:
+            console.print(f"Redis: {os.path.basename(server.binary)} on 127.0.0.1:{server.port}, "
+                          f"AOF on, data in {directory}. Ctrl-C stops it.")
+            print(f"export REDIS_URL={server.url}", flush=True)
+            while server.running:
+                time.sleep(0.2)
+            console.print(f"[red]the server exited on its own[/red]; its log: "
+                          f"{directory / 'server.log'}")
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            console.print("Stopping Redis (its data stays) ...")
+            return EXIT_OK
+        finally:
+            server.stop()
 
 
 # -- entry point ---------------------------------------------------------------
@@ -401,11 +685,18 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--json", action="store_true", help="print only JSON (for scripts)")
     doctor = sub.add_parser("doctor", help="check settings, Redis, the key, the API, workers")
     doctor.add_argument("--json", action="store_true", help="print only JSON (for scripts)")
+    doctor.add_argument("--production", action="store_true",
+                        help="Redis persistence off fails (exit 1) instead of warning")
     simulator = sub.add_parser("simulator", help="run the offline Clipia API simulator")
     simulator.add_argument("--host", default="127.0.0.1")
     simulator.add_argument("--port", type=int, default=8787)
     simulator.add_argument("--api-key", action="append", default=None)
     simulator.add_argument("--webhook-secret", default=None)
+    redis_cmd = sub.add_parser("redis", help="run a private Redis with AOF on, for hand runs, "
+                               "until Ctrl-C; prints export REDIS_URL=...")
+    redis_cmd.add_argument("--port", type=int, default=0, help="default: a free port")
+    redis_cmd.add_argument("--dir", default=None,
+                           help="data directory (default ~/.local/share/clipia-tasks/redis)")
     return parser
 
 
@@ -424,6 +715,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return sim_main(sim_argv)
         if args.command == "demo":
             return _cmd_demo(args, console)
+        if args.command == "redis":
+            return _cmd_redis(args)
         if args.command == "status":
             return _cmd_status(args, console)
         if args.command == "doctor":

