@@ -32,10 +32,10 @@ def test_the_policy_benchmark_prints_the_table_and_writes_json(tmp_path: Path) -
 
 
 def test_the_webhook_benchmark_prints_both_tables_and_writes_json(tmp_path: Path) -> None:
-    # Tiny: 3 sleeping owners, 1 request per scenario of 4-6 s, an 8 s fallback delay
+    # Tiny: 3 sleeping owners, 1 request per scenario of 4-5 s, a 6 s fallback delay
     run = subprocess.run(
         [sys.executable, "benchmarks/webhooks.py", "--quick", "--owners", "3", "-n", "1",
-         "--max-length", "6", "--fallback", "8", "--out", str(tmp_path)],
+         "--max-length", "5", "--fallback", "6", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
