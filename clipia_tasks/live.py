@@ -194,7 +194,12 @@ class _Reader:
     """What a sync and an async watcher share: dedupe, deadline, Redis failures."""
 
     def __init__(self, request_id: str, timeout_s: float | None) -> None:
-        self.request_id = check_request_id(request_id)
+        try:
+            self.request_id = check_request_id(request_id)
+        except ValueError:
+            # The shared check speaks for poll_request; say who asked.
+            raise ValueError(f"watch: {request_id!r} is not a Clipia request id; pass the "
+                             "UUID that submit returned") from None
         self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self.timeout_s = timeout_s
         self.last: Snapshot | None = None

@@ -94,7 +94,7 @@ def test_an_id_that_never_comes_times_out_naming_it(celery_env: dict[str, str]) 
     with pytest.raises(TimeoutError, match=f"{rid} is not known to Redis after 0.5 s"):
         list(watch(rid, timeout_s=0.5))
     assert time.monotonic() - started < 3
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="watch: 'not-a-uuid' is not a Clipia request id"):
         list(watch("not-a-uuid"))
 
 
