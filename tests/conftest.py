@@ -179,14 +179,17 @@ def signal_counts(client: redis.Redis, request_id: str) -> Counter[str]:
     return Counter(e["signal"] for e in entries if e["request_id"] == request_id)
 
 
-def wait_for(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.05) -> Any:
+def wait_for(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.05, *,
+             explain: Any = None) -> Any:
+    """Poll ``predicate`` until truthy; on timeout fail with what ``explain()`` returns."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval_s)
-    raise AssertionError(f"condition not met in {timeout_s} s")
+    detail = f"\n{explain()}" if explain is not None else ""
+    raise AssertionError(f"condition not met in {timeout_s} s{detail}")
 
 
 class Receiver:

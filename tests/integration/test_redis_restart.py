@@ -10,6 +10,7 @@ held messages back in their queue, and runs each at its ETA once.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -49,14 +50,29 @@ def test_a_worker_holding_countdowns_survives_a_redis_restart(
         rids = [simulator.simulator.create({"run_s": RUN_S}) for _ in range(5)]
         for rid in rids:
             poll_request.delay(rid)
+        client = redis.Redis.from_url(own_redis.url, decode_responses=True)
+
+        def explain() -> str:
+            states = {r: get_state(r) for r in rids}
+            return (f"unacked: {client.hlen('unacked')}, queue: {client.llen('celery')}, "
+                    f"states: {states}\nworker log:\n{worker.log()[-4000:]}")
+
         wait_for(lambda: all((s := get_state(r)) and s.polls >= 1 for r in rids), 10)
+        # ... and holding their next messages: a poll records its answer before it
+        # publishes its retry, and a retry that cannot be published is the sweep's to
+        # resend (no beat here): restarting in between tests the sweep, not this.
+        def held_retries() -> int:
+            held = [json.loads(v)[0] for v in client.hvals("unacked")]
+            return sum(1 for m in held if m["headers"].get("retries", 0) >= 1)
+
+        wait_for(lambda: held_retries() == len(rids), 10, explain=explain)
         # When Redis restarts (with its data) while they wait
         own_redis.stop(keep_files=True)
         time.sleep(down_s)
         own_redis.start()
         # Then every request completes, and the worker never exited
-        client = redis.Redis.from_url(own_redis.url, decode_responses=True)
-        wait_for(lambda: all((s := get_state(r)) and s.outcome for r in rids), 40)
+        wait_for(lambda: all((s := get_state(r)) and s.outcome for r in rids), 40,
+                 explain=explain)
         assert worker.running, worker.log()[-3000:]
         assert "Unrecoverable error" not in worker.log()
         assert [get_state(r).outcome for r in rids] == ["COMPLETED"] * 5  # type: ignore[union-attr]
