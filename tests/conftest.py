@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -41,6 +42,15 @@ WORKER_ENV = {
     "CLIPIA_CALLBACK_SECRET": "cb_secret_for_tests",
     "CLIPIA_WEBHOOK_SECRET": "whsec_for_tests",
 }
+
+
+def pytest_configure(config: Any) -> None:
+    # A shell that starts pytest in the background (`pytest &` in a script) ignores
+    # SIGINT for it, and an ignored signal stays ignored in every child: the tests that
+    # stop `clipia-tasks redis` or the simulator with Ctrl-C would wait in vain. A
+    # handler (unlike an ignore) is reset to the default in children.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
