@@ -122,8 +122,19 @@ class Deployment:
             info = replica.client(socket_timeout=1).info("replication")
         except (redis.RedisError, OSError):
             return False
-        return (info.get("role") == "slave" and info.get("master_port") == master.port
-                and info.get("master_link_status") == "up")
+        if not (info.get("role") == "slave" and info.get("master_port") == master.port
+                and info.get("master_link_status") == "up"):
+            return False
+        # ... and the master streams to it: the replica reports its link up a moment
+        # before the master counts it online (after the first acknowledgement), and
+        # only an online replica can acknowledge a WAIT.
+        try:
+            seen = master.client(socket_timeout=1).info("replication")
+        except (redis.RedisError, OSError):
+            return False
+        return any(isinstance(v, dict) and v.get("port") == replica.port
+                   and v.get("state") == "online" for k, v in seen.items()
+                   if k.startswith("slave"))
 
     def stop(self) -> None:
         for server in [*self.sentinels, self.master, self.replica]:
