@@ -150,13 +150,13 @@ def redis_client(
             socket_connect_timeout=connect_timeout_s, client_name=client_name,
         )
     parsed = parse_sentinel_url(url)
-    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         list(parsed.sentinels),
         sentinel_kwargs=sentinel_kwargs(settings),
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=connect_timeout_s,
     )
-    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
         settings.sentinel_master,
         db=parsed.db,
         username=parsed.username,

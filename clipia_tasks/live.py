@@ -119,7 +119,7 @@ class _Hub:
         backoff = _TICK_S
         while True:
             try:
-                pubsub = _runtime.get_store().redis.pubsub()  # type: ignore[no-untyped-call]
+                pubsub = _runtime.get_store().redis.pubsub()  # type: ignore[no-untyped-call,unused-ignore]
             except redis.RedisError:  # pragma: no cover - building a pubsub does no I/O
                 time.sleep(backoff)
                 continue
