@@ -15,9 +15,10 @@ the same scripts, each as its own request. Workload:
 
 ``--workload models``: 4 models with stable durations (each request within +-15 % of
 its model's queue and run time), 20 % of requests 3x slower than their model; the
-adaptive policy runs twice, with ``model=`` (after a warm-up of 6 requests per model,
-so its priors are warm) and without; backoff and fixed 1 s beside them. Results are
-reported over the requests that match their model's history and over the 3x outliers.
+adaptive policy runs twice, with ``model=`` (after a warm-up of 20 requests per
+model, which fills the ring of learned durations: its priors are warm) and without;
+backoff and fixed 1 s beside them. Results are reported over the requests that match
+their model's history and over the 3x outliers.
 
 Per policy: API calls per request (status + result; mean, p50, p95), detection
 latency (the request's end on the simulator -> the result fetched; p50, p95,
@@ -61,6 +62,9 @@ MODEL_POLICIES = {
     "adaptive + model= (priors warm)": {"CLIPIA_POLL_POLICY": "adaptive",
                                         "CLIPIA_POLL_MAX_INTERVAL": "60", "_model": "1"},
 }
+#: Requests per model before the measured run: a full ring of learned durations
+#: (clipia_tasks.durations.MAX_SAMPLES).
+WARM_UP = 20
 #: (queue s, run s) per model of the models workload.
 MODELS = {"bench/fast-image": (1.0, 6.0), "bench/image": (3.0, 15.0),
           "bench/video": (4.0, 45.0), "bench/audio": (0.5, 25.0)}
@@ -173,8 +177,8 @@ def main() -> int:
             return {"model": script["model"]} if policies[name].get("_model") else {}
 
         if models:
-            # Warm the priors: 6 requests per model, followed with model=, to the end.
-            warm = [dict(s, _outlier=False) for s in model_workload(6 * len(MODELS),
+            # Warm the priors: WARM_UP requests per model, followed with model=, to the end.
+            warm = [dict(s, _outlier=False) for s in model_workload(WARM_UP * len(MODELS),
                                                                      args.seed + 1)]
             warm_rng = random.Random(args.seed + 2)
             name = next(p for p in policies if policies[p].get("_model"))

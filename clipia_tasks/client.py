@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import clipia
@@ -40,7 +41,7 @@ from .errors import (
 )
 from .settings import Settings
 
-__all__ = ["ClipiaClient", "ResultNotReady", "StatusSnapshot"]
+__all__ = ["ClipiaClient", "ResultNotReady", "StatusSnapshot", "api_duration_s"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,22 @@ def _optional_int(body: dict[str, Any], name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"field {name!r} is {type(value).__name__}, expected a number or null")
     return int(value)
+
+
+def api_duration_s(body: dict[str, Any]) -> float | None:
+    """Seconds from ``created_at`` to ``completed_at`` of a terminal result body, or None.
+
+    Both are the API's own clock (ISO 8601, e.g. ``2024-05-01T12:00:00.000Z``); None
+    when either is missing, unparsable or without a time zone, or the end is before
+    the start.
+    """
+    try:
+        start = datetime.fromisoformat(str(body["created_at"]).replace("Z", "+00:00"))
+        end = datetime.fromisoformat(str(body["completed_at"]).replace("Z", "+00:00"))
+        seconds = (end - start).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return None  # absent, null, not a timestamp, or naive beside aware
+    return seconds if seconds >= 0 else None
 
 
 def translate_error(exc: Exception, request_id: str) -> Exception:

@@ -79,6 +79,12 @@ _END_REL_TOL = 0.5
 #: A request already ended at its first status call counts as having ended this
 #: fraction of the way to that call (see :func:`sample`).
 _ENDED_UNSEEN = 0.95
+#: The API's own duration of a request (``completed_at - created_at`` of its result)
+#: pins its end (counted from the first enqueue) to within this much earlier ...
+_API_EARLY_S = 0.25
+#: ... or later: the enqueue follows the creation (``submit`` enqueues as the POST
+#: returns), so the API's duration is a little longer than the enqueue-to-end one.
+_API_LATE_S = 0.05
 _VERSION = "d1"
 
 
@@ -228,7 +234,7 @@ def _known(lo: float, hi: float, rel_tol: float = _REL_TOL) -> float | None:
 
 
 def sample(history: Sequence[Observation], *, end_s: float,
-           prior: ModelPrior | None = None) -> Sample:
+           prior: ModelPrior | None = None, api_total_s: float | None = None) -> Sample:
     """What one finished request's poller saw, as durations (None where not derivable).
 
     ``history``: the record's recent observations (oldest first, ``at_s`` counted
@@ -252,6 +258,11 @@ def sample(history: Sequence[Observation], *, end_s: float,
       the requests that outlast the first call, so the learned durations, and with
       them the first call, would creep later and later; counting it a little early
       moves the next first calls earlier until such requests are rare again.
+    * ``api_total_s``: the API's own duration (``completed_at - created_at`` of the
+      result body), when known. Where it agrees with what the poller saw (the request
+      was enqueued as it was created, and the clocks agree), it pins the end down to
+      a fraction of a second, however sparse the calls were; the queue/run split
+      then follows from the readings. A duration that disagrees is ignored.
     """
     obs = sorted(history, key=lambda o: o.at_s)
     terminal = [o.at_s for o in obs if o.status in TERMINAL_STATUSES]
@@ -259,11 +270,17 @@ def sample(history: Sequence[Observation], *, end_s: float,
     end_hi = min([end_s, *terminal])
     if not _valid(end_hi):
         return Sample()
-    if not pending:
-        return Sample(total_s=_ENDED_UNSEEN * end_hi)
-    end_lo = pending[-1].at_s
+    end_lo = pending[-1].at_s if pending else 0.0
     if end_hi < end_lo:
         return Sample()
+    if api_total_s is not None and _valid(api_total_s):
+        lo, hi = max(end_lo, api_total_s - _API_EARLY_S), min(end_hi, api_total_s + _API_LATE_S)
+        if lo <= hi:
+            end_lo, end_hi = lo, hi
+            if not pending:
+                return Sample(total_s=(lo + hi) / 2)
+    if not pending:
+        return Sample(total_s=_ENDED_UNSEEN * end_hi)
     cons = [*_box(), *_seen(pending), (1.0, 1.0, end_hi), (-1.0, -1.0, -end_lo)]
     if not any(o.status == Status.IN_PROGRESS for o in pending):
         cons.append((1.0, 0.0, end_hi))  # never seen running: the queue ended by the end
@@ -306,10 +323,11 @@ def sample_from_times(*, queue_end_s: float | None, end_s: float
     return queue_end_s, end_s - queue_end_s
 
 
-def learn(d: Durations, history: Sequence[Observation], *, end_s: float) -> Durations:
+def learn(d: Durations, history: Sequence[Observation], *, end_s: float,
+          api_total_s: float | None = None) -> Durations:
     """``d`` with what one finished request's history tells (:func:`sample` with the
     prior ``d`` gives, then :func:`observe`)."""
-    s = sample(history, end_s=end_s, prior=prior(d))
+    s = sample(history, end_s=end_s, prior=prior(d), api_total_s=api_total_s)
     return observe(d, queue_s=s.queue_s, run_s=s.run_s, total_s=s.total_s)
 
 
@@ -354,11 +372,12 @@ class ModelPrior:
         return queue, run, total
 
 
-def _quantile(ring: Sequence[float], q: float) -> float:
-    """Weighted quantile, newer samples weighing more (interpolated between samples)."""
+def _quantile(ring: Sequence[float], q: float, *, recent: bool = True) -> float:
+    """Quantile, interpolated between samples; ``recent``: newer samples weigh more."""
     n = len(ring)
     weighted: list[tuple[float, float]] = sorted(
-        (v, math.pow(0.5, (n - 1 - i) / HALF_LIFE)) for i, v in enumerate(ring))
+        (v, math.pow(0.5, (n - 1 - i) / HALF_LIFE) if recent else 1.0)
+        for i, v in enumerate(ring))
     total = sum(w for _, w in weighted)
     # Each sample sits at the middle of its weight on the cumulative axis.
     marks, acc = [], 0.0
@@ -377,11 +396,14 @@ def _quantile(ring: Sequence[float], q: float) -> float:
 
 def _band(ring: Sequence[float]) -> tuple[float, float]:
     """Where the model's ordinary requests fall (see the module docstring)."""
-    mid = _quantile(ring, 0.5)
-    mad = _quantile([abs(v - mid) for v in ring], 0.5)
+    # Every kept sample weighs the same here: requests started together end in the
+    # order of their lengths, so weighing the newest more would call the shortest ones
+    # unusual. (The ring's bound is the decay.)
+    mid = _quantile(ring, 0.5, recent=False)
+    mad = _quantile([abs(v - mid) for v in ring], 0.5, recent=False)
     reach = max(4 * mad, 0.1 * mid, 0.1)
     usual = [v for v in ring if abs(v - mid) <= reach]
-    p10, p50, p90 = (_quantile(usual, q) for q in (0.1, 0.5, 0.9))
+    p10, p50, p90 = (_quantile(usual, q, recent=False) for q in (0.1, 0.5, 0.9))
     # A tenth of a uniform spread lies beyond p10 and p90, a quarter of their
     # distance to the median; fewer samples leave more room for chance; and every
     # ordinary sample is inside (old ones weigh less in the quantiles).

@@ -211,7 +211,7 @@ class AdaptivePolicy:
     slow_factor: float = 1.5
     #: ... capped at this fraction of the age: finer than ``age_fraction`` (such a
     #: request has made far fewer calls), so it is never caught later than without.
-    aged_fraction: float = 0.12
+    aged_fraction: float = 0.10
 
     def __post_init__(self) -> None:
         if self.interval_s <= 0 or self.max_interval_s < self.interval_s:

@@ -53,7 +53,7 @@ from typing import Any
 import redis
 
 from . import _runtime
-from .client import ClipiaClient, ResultNotReady, StatusSnapshot
+from .client import ClipiaClient, ResultNotReady, StatusSnapshot, api_duration_s
 from .durations import decode as decode_durations
 from .durations import encode as encode_durations
 from .durations import learn as learn_durations
@@ -656,17 +656,23 @@ class Poller:
             log.info("request %s ended %s", rid, outcome,
                      extra={"request_id": rid, "task_id": state.owner})
             if model and outcome == Outcome.COMPLETED:
-                self._learn(state, model, now)
+                self._learn(state, model, now, api_duration_s(body))
         return self._conclude_fresh(rid)
 
-    def _learn(self, state: RequestState, model: str, now: float) -> None:
-        """One more sample of how long this model's requests take (first writer only)."""
+    def _learn(self, state: RequestState, model: str, now: float,
+               api_total_s: float | None) -> None:
+        """One more sample of how long this model's requests take (first writer only).
+
+        ``api_total_s``: the result body's ``completed_at - created_at``, which pins the
+        end down where it agrees with what the polls saw (see durations.sample).
+        """
         first = state.first_enqueued_at
         if first is None:
             return
         try:
             before = decode_durations(self.store.durations(model))
-            after = learn_durations(before, state.history, end_s=now - first)
+            after = learn_durations(before, state.history, end_s=now - first,
+                                    api_total_s=api_total_s)
             if after != before:
                 self.store.save_durations(model, encode_durations(after))
         except redis.RedisError as exc:  # the outcome is recorded: learning can wait

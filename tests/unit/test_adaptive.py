@@ -306,8 +306,10 @@ def test_the_prior_gives_an_eta_before_progress_gives_a_rate() -> None:
 #   worker/queue latency (here 0.05-0.15 s answer, 0.1-0.2 s scheduling);
 # * the first call is deferred once (first_delay_s), then made whatever the prior says;
 # * the prior is re-read at every step, and the benchmark (benchmarks/run.py --workload
-#   models) starts a model's requests all at once: its priors come from a 6-request
-#   warm-up polled from cold, and change while later requests are in flight.
+#   models) starts a model's requests all at once: its priors come from a 20-request
+#   warm-up polled from cold (the shortest learned first), and change while later
+#   requests are in flight;
+# * the result body's completed_at - created_at gives each request's true length.
 
 BENCH_MODELS = {"fast-image": (1.0, 6.0), "image": (3.0, 15.0), "video": (4.0, 45.0),
                 "audio": (0.5, 25.0)}
@@ -342,7 +344,9 @@ def poll_concurrently(scripts: Sequence[Script], learned: Durations, *, use_mode
         q, r, _ = scripts[i]
         if status == "COMPLETED":
             if use_model:
-                learned = learn(learned, kept[i], end_s=t)
+                # The result body's completed_at - created_at: the request's true
+                # length (created, and enqueued, at t=0).
+                learned = learn(learned, kept[i], end_s=t, api_total_s=q + r)
             out[i] = (polls[i] + 1, t - (q + r), q + r)
             continue
         delay = policy.next_delay(PollContext(elapsed_s=t, polls=polls[i], history=seen,
@@ -359,7 +363,7 @@ def poll_concurrently(scripts: Sequence[Script], learned: Durations, *, use_mode
 Rows = dict[tuple[str, str, bool, bool], list[Outcome]]  # (model, progress, 3x, model=)
 
 
-def models_workload(seeds: Sequence[int] = range(6), warm: int = 6, n: int = 30) -> Rows:
+def models_workload(seeds: Sequence[int] = range(6), warm: int = 20, n: int = 30) -> Rows:
     """benchmarks/run.py --workload models, per model: a warm-up of ``warm`` requests
     (followed with model=, from cold), then ``n`` requests (one in five 3x slower),
     each polled with and without model= (the same latencies)."""
@@ -415,14 +419,21 @@ def test_with_the_model_its_matching_requests_take_three_or_four_calls(
         assert calls <= most and calls < today, (progress, calls, today)
 
 
-@pytest.mark.parametrize("name", ["image", "audio"])
+@pytest.mark.parametrize("name", ["image", "video", "audio"])
 def test_without_progress_the_end_is_seen_within_a_tenth_of_the_length(
         workload: Rows, name: str) -> None:
     # Not fast-image: a 7 s request and a 1 s gap after each answer (plus latency) leave
     # about 1.2 s, 17 %, between the last call before the end and the one after it.
-    # Not video: see test_what_the_faithful_workload_does_not_meet.
     _, _, share = summary(workload[(name, "none", False, True)])
     assert share <= 0.10
+
+
+@pytest.mark.parametrize("name", ["image", "video", "audio"])
+def test_with_progress_the_end_is_seen_within_5_percent(workload: Rows, name: str) -> None:
+    # Before the warm-up filled the ring and the API's durations were learned, video
+    # missed this (10-17 %): its band came from totals seen late, its shortest
+    # requests ended before their first call.
+    assert summary(workload[(name, "linear", False, True)])[2] <= 0.05
 
 
 def test_video_without_progress_no_longer_regresses(workload: Rows) -> None:
@@ -450,23 +461,17 @@ def test_three_times_slower_requests_take_fewer_calls_than_without_the_model(
                                                                            share0)
 
 
-def test_with_progress_audio_is_seen_within_5_percent(workload: Rows) -> None:
-    assert summary(workload[("audio", "linear", False, True)])[2] <= 0.05
-
-
 def test_where_the_targets_are_out_of_reach_it_stays_within_todays_bounds(
         workload: Rows) -> None:
     """The targets the faithful simulator shows out of reach, and what holds instead.
 
-    * Lag p50 <= 0.3 s with progress (0.32-0.72 s here): the final call aims just past
-      the predicted end, but lands >= 1 s after the previous answer, plus latency.
-    * Lag p95 <= 5 % with progress (met by audio only): fast-image (7 s) cannot, the
-      1 s gap is 14 % of it; image, video miss it on requests shorter than their
-      model's typical band, which comes from a 6-request warm-up whose totals lean
-      late (a cold request with crude early readings is seen seconds after its end,
-      and that is the total it teaches), so their first call comes after they ended.
-    * Lag p95 <= 10 % without progress: fast-image (the 1 s gap), video (the same
-      late-leaning band).
+    * Lag p50 <= 0.3 s with progress (0.30-0.58 s here): the final call aims just past
+      the latest end the reading allows (a progress point, or the queue band, wide),
+      and this simulator adds 0.1-0.2 s of scheduling to every call.
+    * Lag p95 <= 5 % with progress, and <= 10 % without: not fast-image. A 7 s request
+      with calls at least 1 s after the previous answer (CLIPIA_POLL_INTERVAL) is seen
+      up to about 1.2 s (17 %) after its end without progress; with progress the
+      latency and the window alone are 5-8 % of it.
     """
     for name in BENCH_MODELS:
         _, lag, share = summary(workload[(name, "linear", False, True)])

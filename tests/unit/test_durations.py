@@ -181,6 +181,19 @@ def test_newer_samples_weigh_more_so_the_prior_follows_a_change() -> None:
     assert p.run_p50_s > 30  # 8 of 20 samples, but the newest
 
 
+def test_requests_started_together_and_learned_shortest_first_all_fall_in_the_band() -> None:
+    # Twenty requests of one model (7 s +- 15 %) started at once end, and are learned,
+    # in the order of their lengths. Weighing the newest more made the shortest look
+    # unusual: the band began at 6.9 s and the shortest ended before their first call.
+    rng = random.Random(3)
+    totals = sorted(7.0 * rng.uniform(0.85, 1.15) for _ in range(20))
+    d = Durations(queue_s=(1.0,), total_s=tuple(totals))
+    p = prior(d)
+    assert p is not None and p.total_lo_s is not None and p.total_hi_s is not None
+    assert p.total_lo_s <= totals[0] and p.total_hi_s >= totals[-1]
+    assert p.total_hi_s - p.total_lo_s <= 1.5 * (totals[-1] - totals[0])
+
+
 def test_few_samples_give_a_wider_band() -> None:
     p3 = prior(Durations((2.0, 2.01, 2.02), (20.0, 20.1, 20.2), (22.0, 22.1, 22.2)))
     assert p3 is not None and p3.queue_lo_s is not None and p3.queue_hi_s is not None
@@ -259,6 +272,34 @@ def test_a_gap_wider_than_half_the_request_gives_no_end() -> None:
 def test_the_end_is_no_later_than_the_first_terminal_observation() -> None:
     s = sample((P(10.0), P(11.0), C(12.0)), end_s=15.0)
     assert s.total_s == pytest.approx(11.5)
+
+
+def test_the_apis_own_duration_pins_the_end_and_with_it_the_split() -> None:
+    # One late reading (82 % at 40.1 s) and the end seen at 48.39 s say little; the
+    # result body's completed_at - created_at (47.9 s) pins the end, and the reading
+    # then gives the run (18 % of it in the last 7.8 s) to within 11 %; the queue it
+    # leaves (3.6-8.1 s) is still too loose to keep.
+    s = sample((P(40.1, 82), C(48.39)), end_s=48.39, api_total_s=47.9)
+    assert s.total_s == pytest.approx(47.8, abs=0.15)
+    assert s.run_s == pytest.approx((47.9 - 40.1) / 0.185, rel=0.06)
+    assert s.queue_s is None
+    assert sample((P(40.1, 82), C(48.39)), end_s=48.39).run_s is None  # without it
+    # Ended before the first call: the API's duration, not 0.95 of the call's time
+    assert sample((C(47.4),), end_s=47.4, api_total_s=44.0).total_s == pytest.approx(43.9,
+                                                                                    abs=0.15)
+
+
+@pytest.mark.parametrize("api_total_s", [30.0, 49.0, -1.0, math.nan])
+def test_an_api_duration_that_disagrees_with_the_polls_is_ignored(api_total_s: float) -> None:
+    # Pending at 43.4 s and done by 50.2 s: an API duration of 49 s fits and pins the
+    # end; 30 s (a request enqueued long after it was created, or clocks apart) and
+    # nonsense are ignored.
+    h = (P(37.5), P(43.4), C(50.2))
+    s = sample(h, end_s=50.2, api_total_s=api_total_s)
+    if api_total_s == 49.0:
+        assert s.total_s == pytest.approx(48.9, abs=0.15)
+    else:
+        assert s == sample(h, end_s=50.2)
 
 
 def test_sample_from_times_uses_the_queue_end_the_caller_kept() -> None:
