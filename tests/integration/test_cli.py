@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import re
@@ -142,8 +143,10 @@ def test_demo_on_redis_url_removes_what_it_wrote_and_nothing_else(tmp_path: Path
 
 def test_redis_runs_a_persistent_private_server_until_ctrl_c(tmp_path: Path) -> None:
     def start() -> tuple[subprocess.Popen[str], str]:
+        # Its own process group, so a failure can stop the redis-server it started too.
         proc = subprocess.Popen([*CLI, "redis", "--dir", str(tmp_path / "data")], cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
         assert line.startswith("export REDIS_URL=redis://127.0.0.1:"), (
@@ -166,8 +169,7 @@ def test_redis_runs_a_persistent_private_server_until_ctrl_c(tmp_path: Path) -> 
         with pytest.raises(redis.ConnectionError):
             redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
     finally:
-        proc.kill()
-        proc.wait()
+        kill_group(proc)
     # And a second run on the same directory still has the key
     proc, url = start()
     try:
@@ -177,8 +179,14 @@ def test_redis_runs_a_persistent_private_server_until_ctrl_c(tmp_path: Path) -> 
         proc.terminate()  # `kill` stops it as cleanly as Ctrl-C
         assert proc.wait(timeout=15) == 0
     finally:
-        proc.kill()
-        proc.wait()
+        kill_group(proc)
+
+
+def kill_group(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL a process started with ``start_new_session`` and whatever it started."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def test_a_plain_worker_against_the_cli_simulator_completes_a_5_s_generation(
