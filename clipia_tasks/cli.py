@@ -688,10 +688,15 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--production", action="store_true",
                         help="Redis persistence off fails (exit 1) instead of warning")
     simulator = sub.add_parser("simulator", help="run the offline Clipia API simulator")
-    simulator.add_argument("--host", default="127.0.0.1")
-    simulator.add_argument("--port", type=int, default=8787)
-    simulator.add_argument("--api-key", action="append", default=None)
-    simulator.add_argument("--webhook-secret", default=None)
+    # The same options, and help, as python -m clipia_tasks.simulator.
+    simulator.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    simulator.add_argument("--port", type=int, default=8787,
+                           help="port to bind (8787; 0 = any)")
+    simulator.add_argument("--api-key", action="append", default=None, metavar="KEY",
+                           help="accept only this key (repeatable); default: any "
+                           "clipia_live_/clipia_test_ key")
+    simulator.add_argument("--webhook-secret", default=None,
+                           help="sign and send webhooks with this secret")
     redis_cmd = sub.add_parser("redis", help="run a private Redis with AOF on, for hand runs, "
                                "until Ctrl-C; prints export REDIS_URL=...")
     redis_cmd.add_argument("--port", type=int, default=0, help="default: a free port")

@@ -19,9 +19,12 @@ moment it was set.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+import struct
 import uuid
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -328,6 +331,46 @@ def media_for_model(model: str) -> str:
         if kind in words:
             return kind
     return "image"
+
+
+#: ``/files/<file id>.<ext>``: the media URLs :func:`build_output` gives.
+FILE_PATH = re.compile(r"^/files/(?P<file_id>sandbox|[0-9a-f-]{36})\.(?P<ext>png|mp3|mp4)$")
+
+
+def media_file(file_id: str, ext: str) -> tuple[str, bytes] | None:
+    """(content type, bytes) the simulator serves at a media URL, or None (no such file).
+
+    A 256 x 256 PNG in a colour taken from the file id, and a one-second tone (WAV
+    bytes, ``audio/wav``, behind the ``.mp3`` URL): enough for a page to show the
+    image and play the sound. No video: there is no small way to make a playable MP4
+    here, so a ``.mp4`` URL is a 404 (documented).
+    """
+    if ext == "png":
+        return "image/png", _png(hashlib.sha256(file_id.encode()).digest()[:3])
+    if ext == "mp3":
+        return "audio/wav", _wav_tone()
+    return None
+
+
+def _png(rgb: bytes, size: int = 256) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    row = b"\x00" + rgb * size  # filter byte "none", then the pixels
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(row * size, 9)) + chunk(b"IEND", b""))
+
+
+def _wav_tone(rate: int = 8000, seconds: float = 1.0, hz: float = 440.0) -> bytes:
+    frames = b"".join(
+        struct.pack("<h", int(8000 * math.sin(2 * math.pi * hz * i / rate)))
+        for i in range(int(rate * seconds)))
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)  # PCM, mono, 16-bit
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack(
+        "<I", len(frames)) + frames
+    return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
 def build_output(media: str, base_url: str, file_id: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from ._model import (
     COMPLETED,
     COST_CREDITS,
     ENDPOINTS,
+    FILE_PATH,
     TERMINAL_STATUSES,
     Call,
     Fault,
@@ -37,6 +38,7 @@ from ._model import (
     canonical_request_id,
     error_envelope,
     lifecycle,
+    media_file,
     media_for_model,
     pending_body,
     raced_pending_body,
@@ -269,7 +271,20 @@ class Simulator:
             return self._control(method.upper(), path, query, body)
         if path == "/v1" or path.startswith("/v1/"):
             return self._api(method.upper(), path, lowered, body)
+        if path.startswith("/files/"):
+            return self._file(method.upper(), path)
         return Reply.error(404, "not_found", "No such endpoint.")
+
+    def _file(self, method: str, path: str) -> Reply:
+        """The media behind a result's URL (no key needed, as on a CDN)."""
+        match = FILE_PATH.match(path)
+        found = media_file(match["file_id"], match["ext"]) if match else None
+        if method != "GET" or found is None:
+            return Reply.error(404, "not_found", "No such file (the simulator serves "
+                               "images and audio, not video).")
+        content_type, data = found
+        return Reply(200, data, (("Content-Type", content_type),
+                                 ("Cache-Control", "public, max-age=3600")))
 
     def _api(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
         endpoint, path_id, model = _classify(method, path)

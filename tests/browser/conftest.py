@@ -149,6 +149,18 @@ class Browser:
             "return Array.from(document.querySelector(arguments[0]).children)"
             ".map(e => [e.localName, e.getAttribute('src') || ''])", root_css)]
 
+    def image_loaded(self, root_css: str = "[data-clipia-output] img",
+                     timeout_s: float = 10.0) -> int:
+        """Wait for the first image in the output to load; its natural width (0: broken)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.js("const i = document.querySelector(arguments[0]);"
+                       "return !!i && i.complete", root_css):
+                break
+            time.sleep(0.1)
+        return int(self.js("const i = document.querySelector(arguments[0]);"
+                           "return i ? i.naturalWidth : 0", root_css))
+
     def screenshot(self, name: str) -> Path:
         SCREENSHOTS.mkdir(exist_ok=True)
         path = SCREENSHOTS / f"{name}.png"

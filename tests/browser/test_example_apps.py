@@ -165,8 +165,9 @@ def test_the_view_shows_progress_rising_then_the_generated_image(
     assert seen["state"] == ["streaming", "done"]
     assert any(s.startswith("Generating — ") for s in seen["status"]), seen["status"]
     assert browser.text("[data-clipia-status]") == "Completed"
-    # and the generated image is shown
+    # and the generated image is shown: the simulator's URL, and the image loads
     assert browser.output_media() == image_urls(stack, request_id)
+    assert browser.image_loaded() == 256
 
 
 def test_a_failed_generation_shows_its_error_message(

@@ -284,6 +284,31 @@ def test_output_media_follows_the_model_unless_the_script_sets_it(
     assert media["url"].endswith(f"/files/{job.request_id}{suffix}")
 
 
+def test_the_media_urls_of_a_result_answer_with_an_image_and_a_tone(
+    sdk: clipia.Clipia, clock: FakeClock, http: httpx.Client
+) -> None:
+    # Given finished image, audio and video requests
+    urls = {}
+    for model in ("sim/image", "sim/audio", "sim/video"):
+        job = sdk.submit(model, {"prompt": "a cat", "sim": {"run_s": 1}})
+        clock.advance(2)
+        output = sdk.result(job.request_id).output
+        assert output is not None
+        urls[model] = (output["images"][0] if "images" in output
+                       else output.get("audio") or output["video"])["url"]
+    # When their media URLs are fetched (no key: as from a CDN)
+    image, audio, video = (httpx.get(urls[m]) for m in ("sim/image", "sim/audio", "sim/video"))
+    # Then the image is a PNG, the audio a WAV tone, and the video a clear 404
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert image.content.startswith(b"\x89PNG\r\n\x1a\n") and b"IEND" in image.content
+    assert audio.status_code == 200 and audio.headers["content-type"] == "audio/wav"
+    assert audio.content[:4] == b"RIFF" and audio.content[8:12] == b"WAVE"
+    assert video.status_code == 404 and "not video" in video.json()["error"]["message"]
+    # and anything else under /files is a 404
+    assert http.get("/files/../v1/requests.png").status_code == 404
+    assert http.get("/files/nope.png").status_code == 404
+
+
 def test_set_final_cancels_a_running_request_at_once(
     sim: Simulator, http: httpx.Client, clock: FakeClock
 ) -> None:
