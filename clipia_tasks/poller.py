@@ -458,6 +458,12 @@ class Poller:
             # after a crash fetches the result instead of asking /status again. The
             # record's status turns terminal only with the outcome (finish).
             fields[Field.TERMINAL_SEEN] = fields.pop(Field.STATUS)
+            # A terminal status carries no progress (nor queue position): keep the last
+            # ones seen, for watchers now and as the final progress of a request that
+            # did not complete (one that did gets 100 with its outcome).
+            for name in (Field.PROGRESS, Field.QUEUE_POSITION):
+                if fields.get(name) is None:
+                    fields.pop(name, None)
             if not self.store.note_seen_terminal(
                 rid, task_id, retries, fields,
                 lease_until=now + self._lease_s, due_at=now + self._run_s,

@@ -53,6 +53,10 @@ def test_watch_follows_a_request_from_submitted_to_its_outcome(sim: Any) -> None
                 if s["status"] == "IN_PROGRESS" and s["progress"] is not None]
     assert len(progress) >= 2 and progress == sorted(progress) and progress[0] < progress[-1]
     assert snaps[-1]["progress"] == 100
+    # and once it has a percentage, the bar never goes blank (the poll that sees the
+    # end, before the result is fetched, keeps the last reading)
+    first = next(i for i, s in enumerate(snaps) if s["progress"] is not None)
+    assert all(s["progress"] is not None for s in snaps[first:]), snaps
     assert snaps[-1]["result"]["output"] == sim.result_of(rid)["output"]
     # An ETA while it ran with a measurable rate, none once ended
     assert any(s["eta_at"] for s in snaps if s["status"] == "IN_PROGRESS")

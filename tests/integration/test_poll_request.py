@@ -99,6 +99,18 @@ def test_failed_and_canceled_requests_fail_the_task_with_the_api_error(
     assert links == [{"tag": tag, "error": cls.__name__, "code": code}]
 
 
+def test_a_failed_request_keeps_the_last_progress_it_reported(sim: Any) -> None:
+    # Given a request that runs with progress, then fails
+    rid = sim.create({"run_s": 2.0, "progress": "linear", "final": "FAILED"})
+    with pytest.raises(RequestFailedError):
+        poll_request.delay(rid).get(timeout=TIMEOUT)
+    # Then its record ends FAILED at the last percentage a poll saw (not blank, not 100)
+    state = get_state(rid)
+    assert state is not None and state.outcome == "FAILED"
+    seen = [o.progress for o in state.history if o.progress is not None]
+    assert seen and state.progress == seen[-1] < 100
+
+
 def test_no_retry_state_is_stored_between_polls(sim: Any, redis_client: redis.Redis) -> None:
     # Given a request that needs several polls
     rid = sim.create({"run_s": 2.5, "progress": "linear"})
