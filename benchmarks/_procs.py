@@ -1,4 +1,13 @@
-"""A worker's process tree, read from /proc (benchmarks only; Linux)."""
+"""What the benchmarks share: their environment, backends, workers, reports, /proc (Linux).
+
+Two environment variables are the benchmarks' own (:func:`clean_environment` keeps them):
+
+* ``CLIPIA_BENCH_SMOKE=1``: every benchmark shrinks its workload to a tiny one (seconds,
+  not minutes): the same code paths, argument parsing, tables and JSON, numbers that mean
+  nothing. The test suite runs docs/performance.md's commands as written this way.
+* ``CLIPIA_BENCH_OUT=DIR``: where the JSON goes unless ``--out`` says (default
+  ``benchmarks/results/``).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +16,41 @@ import os
 import platform
 import subprocess
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from clipia_tasks.processes import WorkerProcess
 from clipia_tasks.redis_server import RedisServer
 from clipia_tasks.simulator import SimulatorServer
 
+SMOKE_ENV = "CLIPIA_BENCH_SMOKE"
+OUT_ENV = "CLIPIA_BENCH_OUT"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def smoke() -> bool:
+    """Whether ``CLIPIA_BENCH_SMOKE`` asks for a tiny workload (set, and not ``0``)."""
+    return os.environ.get(SMOKE_ENV, "").strip() not in ("", "0")
+
+
+def out_dir() -> str:
+    """The default of ``--out``: ``CLIPIA_BENCH_OUT`` if set, else benchmarks/results/."""
+    return os.environ.get(OUT_ENV) or str(RESULTS)
+
 
 def clean_environment() -> None:
-    """Forget inherited CLIPIA_* / CELERY_* / REDIS_URL: a benchmark sets its own."""
+    """Forget inherited CLIPIA_* / CELERY_* / REDIS_URL: a benchmark sets its own.
+
+    ``CLIPIA_BENCH_*`` stay: they are the benchmarks' own, not the library's.
+    """
     for name in list(os.environ):
+        if name.startswith("CLIPIA_BENCH_"):
+            continue
         if name.startswith(("CLIPIA_", "CELERY_")) or name == "REDIS_URL":
             del os.environ[name]
 
@@ -30,6 +61,26 @@ def start_backends(stack: ExitStack) -> tuple[RedisServer, SimulatorServer]:
     server.start()
     stack.callback(server.stop)
     return server, stack.enter_context(SimulatorServer(port=0))
+
+
+def enter_workers(stack: ExitStack, workers: Sequence[WorkerProcess],
+                  stop_s: float = 20.0) -> list[WorkerProcess]:
+    """Start ``workers`` side by side (each until it logs "ready"); ``stack`` stops them.
+
+    Together rather than one after another: a prefork worker's warm shutdown alone takes
+    about 2 s, which a benchmark with four workers would otherwise wait out four times.
+    Each gets ``stop_s`` for it, then SIGKILL.
+    """
+    workers = list(workers)
+
+    def stop_all() -> None:
+        with ThreadPoolExecutor(len(workers)) as pool:
+            list(pool.map(lambda w: w.stop(timeout_s=stop_s), workers))
+
+    stack.callback(stop_all)  # before they start: a start that fails stops the others
+    with ThreadPoolExecutor(len(workers)) as pool:
+        list(pool.map(lambda w: w.start(), workers))
+    return workers
 
 
 def write_report(console: Console, out_dir: str, name: str, data: dict[str, Any]) -> Path:

@@ -2,6 +2,7 @@
 
     python benchmarks/live.py            # 1,000 watchers, 300 changes (~1 min)
     python benchmarks/live.py --quick    # 200 watchers, 100 changes
+    CLIPIA_BENCH_SMOKE=1 python benchmarks/live.py   # 10 watchers, 10 changes (seconds)
 
 One private Redis and one uvicorn process serving ``clipia_tasks.contrib.starlette``'s
 ``ProgressViews`` (the FastAPI example's wiring, nothing else). This process writes the
@@ -17,7 +18,7 @@ the SSE connections as plain asyncio sockets.
 3. Latency: progress changes written to one watched request after another; each is
    timed from just before the write to the matching ``data:`` line at its watcher.
 
-Prints a table, writes JSON to benchmarks/results/.
+Prints a table, writes JSON to benchmarks/results/ (or ``CLIPIA_BENCH_OUT``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,14 @@ import redis  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from benchmarks._procs import children, clean_environment, proc_field, write_report  # noqa: E402
+from benchmarks._procs import (  # noqa: E402
+    children,
+    clean_environment,
+    out_dir,
+    proc_field,
+    smoke,
+    write_report,
+)
 from benchmarks.run import cpu_seconds, pct  # noqa: E402
 from clipia_tasks.processes import configure_process  # noqa: E402
 from clipia_tasks.record import Field, RecordStore  # noqa: E402
@@ -129,7 +137,7 @@ async def measure(args: argparse.Namespace, port: int, pid: int, store: RecordSt
             await asyncio.sleep(0.05)  # open connections in waves, as a page load would
     await asyncio.wait_for(asyncio.gather(*(w.first.wait() for w in watchers)), 120)
     connect_s = time.monotonic() - started
-    await asyncio.sleep(2)  # let the subscriptions settle
+    await asyncio.sleep(args.settle_s)  # let the subscriptions settle
     rss1 = rss_kb(pid)
     conns1 = redis_connections(r, {"bench"})
     subscribed = sum(n for _, n in r.pubsub_numsub(*[f"clipia:changes:{rid}" for rid in ids]))
@@ -152,7 +160,7 @@ async def measure(args: argparse.Namespace, port: int, pid: int, store: RecordSt
                        wake_at=now + 3600, fields={Field.PROGRESS: progress})
         sent.append((w, progress, at))
         await asyncio.sleep(args.gap_s)
-    await asyncio.sleep(1)
+    await asyncio.sleep(args.settle_s / 2)  # the last events' way to their watchers
     lost = 0
     for w, progress, at in sent:
         if progress in w.arrivals:
@@ -183,12 +191,15 @@ def main() -> int:
     parser.add_argument("--changes", type=int, default=None)
     parser.add_argument("--gap-s", type=float, default=0.02, help="pause between changes")
     parser.add_argument("--quiet-s", type=float, default=None, help="idle CPU window")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--out", default=out_dir(),
+                        help="JSON directory (default: $CLIPIA_BENCH_OUT, else benchmarks/results)")
     args = parser.parse_args()
     clean_environment()
-    args.watchers = args.watchers or (200 if args.quick else 1000)
-    args.changes = args.changes or (100 if args.quick else 300)
-    args.quiet_s = args.quiet_s or (5.0 if args.quick else 20.0)
+    tiny = smoke()
+    args.watchers = args.watchers or (10 if tiny else 200 if args.quick else 1000)
+    args.changes = args.changes or (10 if tiny else 100 if args.quick else 300)
+    args.quiet_s = args.quiet_s or (0.5 if tiny else 5.0 if args.quick else 20.0)
+    args.settle_s = 1.0 if tiny else 2.0
     console = Console(width=150)
     with ExitStack() as stack:
         server = RedisServer()
@@ -204,7 +215,7 @@ def main() -> int:
         port = free_port()
         proc = start_app(env, port, logs / "uvicorn.log")
         stack.callback(lambda: (proc.terminate(), proc.wait(10)))
-        time.sleep(1)
+        time.sleep(0.2 if tiny else 1)
         result = asyncio.run(measure(args, port, proc.pid, store, r, console))
         if proc.poll() is not None:
             console.print((logs / "uvicorn.log").read_text()[-3000:])
@@ -223,7 +234,8 @@ def main() -> int:
                   f"{result['rss_with_watchers_mb']:.0f} MB; channel subscriptions "
                   f"{result['channel_subscriptions']}; Redis connections before the watchers "
                   f"{result['redis_connections_before']}")
-    write_report(console, args.out, "live-quick" if args.quick else "live-full", result)
+    mode = "smoke" if tiny else "quick" if args.quick else "full"
+    write_report(console, args.out, f"live-{mode}", {**result, "smoke": tiny})
     return 0 if result["events_missing"] == 0 else 1
 
 

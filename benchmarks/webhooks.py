@@ -2,6 +2,7 @@
 
     python benchmarks/webhooks.py            # 100 sleeping owners + 4 x 40 requests (~3 min)
     python benchmarks/webhooks.py --quick    # 30 sleeping owners + 4 x 12 requests (~1.5 min)
+    CLIPIA_BENCH_SMOKE=1 python benchmarks/webhooks.py   # 3 + 4 x 3 short requests (seconds)
 
 One private Redis, the simulator (signing webhooks) over loopback, two real workers
 (the Procfile's pool: threads, 32) on one queue, and a webhook receiver in this process
@@ -23,7 +24,10 @@ that calls ``clipia_tasks.webhooks.handle_webhook`` as a web app's view would.
    detection latency (the request's end on the simulator -> outcome recorded); for lost
    webhooks also how many were caught within 30 s + 25 % of their length.
 
-Prints tables, writes JSON to benchmarks/results/.
+``CLIPIA_BENCH_SMOKE=1``: 3 owners of 1.5-3 s requests; 3 requests per scenario of 1-2.5 s,
+a webhook 1 s late, a 3 s fallback (``--fallback`` still wins).
+
+Prints tables, writes JSON to benchmarks/results/ (or ``CLIPIA_BENCH_OUT``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import threading
 import time
 from collections import Counter
 from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -50,7 +55,13 @@ import redis  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from benchmarks._procs import clean_environment, write_report  # noqa: E402
+from benchmarks._procs import (  # noqa: E402
+    clean_environment,
+    enter_workers,
+    out_dir,
+    smoke,
+    write_report,
+)
 from benchmarks.run import pct  # noqa: E402
 from clipia_tasks.processes import WorkerProcess, configure_process  # noqa: E402
 from clipia_tasks.redis_server import RedisServer  # noqa: E402
@@ -60,15 +71,40 @@ SECRET = "whsec_benchmark_only"
 QUEUE = "bench-webhooks"
 LATE_S = 5.0
 SIGNALS = "clipia-test:signals"  # written by tests/integration/signal_recorder.py
-SCENARIOS = ("webhook at once", "webhook 5 s late", "webhook lost", "polling only")
-BUCKETS = ("4-15 s", "15-30 s", "30-60 s")
-ROUTE = {"webhook at once": "now", "webhook 5 s late": "late", "webhook lost": "lost"}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big a run is: the sleeping owners' requests and the scenarios' ones."""
+
+    owner_queue_s: tuple[float, float] = (0.0, 1.0)
+    owner_run_s: tuple[float, float] = (2.0, 8.0)
+    #: After the owners' outcomes: room for a duplicate signal or callback to show up.
+    settle_s: float = 3.0
+    min_length_s: float = 4.0
+    late_s: float = LATE_S
+    #: How long a worker's warm shutdown may take before SIGKILL.
+    stop_s: float = 20.0
+
+
+#: CLIPIA_BENCH_SMOKE: seconds. Owners' requests still outlast their first poll (so the
+#: webhook ends them), scenario requests end before the 3 s fallback (so a prompt webhook
+#: still saves every status call).
+SMOKE = Sizes(owner_queue_s=(0.0, 0.3), owner_run_s=(1.5, 3.0), settle_s=1.0,
+              min_length_s=1.0, late_s=1.0, stop_s=5.0)
+SMOKE_FALLBACK_S = 3.0
+
+
+def scenario_routes(late_s: float) -> dict[str, str | None]:
+    """Scenario name -> the receiver's route for its webhooks (None: no webhook)."""
+    return {"webhook at once": "now", f"webhook {late_s:g} s late": "late",
+            "webhook lost": "lost", "polling only": None}
 
 
 class Receiver:
     """The web app's side: webhooks under /hooks/{now,late,lost}, callbacks under /callbacks."""
 
-    def __init__(self) -> None:
+    def __init__(self, late_s: float = LATE_S) -> None:
         from clipia_tasks.webhooks import handle_webhook
 
         self.handled: dict[str, float] = {}  # request id -> when handle_webhook answered 200
@@ -93,7 +129,7 @@ class Receiver:
                 elif route == "now":
                     handle(headers, raw)
                 elif route == "late":
-                    threading.Timer(LATE_S, handle, (headers, raw)).start()
+                    threading.Timer(late_s, handle, (headers, raw)).start()
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -106,14 +142,14 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
-def start_workers(stack: ExitStack, env: dict[str, str], logs: Path, tag: str) -> list[Any]:
-    workers = []
-    for i in (1, 2):
-        w = WorkerProcess(env, logs / f"{tag}-{i}.log", queue=QUEUE, name=f"{tag}{i}",
-                          includes=["tests.integration.signal_recorder"], cwd=ROOT,
-                          extra_args=["-P", "threads", "-c", "32"])
-        workers.append(stack.enter_context(w))
-    return workers
+def start_workers(stack: ExitStack, env: dict[str, str], logs: Path, tag: str,
+                  stop_s: float = 20.0) -> list[Any]:
+    return enter_workers(stack, [
+        WorkerProcess(env, logs / f"{tag}-{i}.log", queue=QUEUE, name=f"{tag}{i}",
+                      includes=["tests.integration.signal_recorder"], cwd=ROOT,
+                      extra_args=["-P", "threads", "-c", "32"])
+        for i in (1, 2)
+    ], stop_s)
 
 
 def wait_outcomes(ids: list[str], timeout_s: float) -> dict[str, Any]:
@@ -135,24 +171,25 @@ def task_runs(workers: list[Any]) -> int:
 
 
 def sleeping_owners(sim: Simulator, rec: Receiver, base: dict[str, str], logs: Path,
-                    r: redis.Redis, n: int, rng: random.Random) -> dict[str, Any]:
+                    r: redis.Redis, n: int, rng: random.Random,
+                    sizes: Sizes) -> dict[str, Any]:
     from clipia_tasks import poll_request
 
     env = {**base, "CLIPIA_POLL_POLICY": "fixed", "CLIPIA_POLL_INTERVAL": "60",
            "CLIPIA_POLL_MAX_INTERVAL": "60"}
     with ExitStack() as stack:
-        workers = start_workers(stack, env, logs, "sleepy")
+        workers = start_workers(stack, env, logs, "sleepy", sizes.stop_s)
         runs0 = task_runs(workers)
         ids = []
         for _ in range(n):
-            script = {"queue_s": round(rng.uniform(0, 1), 2), "run_s": round(rng.uniform(2, 8), 2),
-                      "progress": "linear"}
+            script = {"queue_s": round(rng.uniform(*sizes.owner_queue_s), 2),
+                      "run_s": round(rng.uniform(*sizes.owner_run_s), 2), "progress": "linear"}
             rid = sim.create(script, webhook_url=f"{rec.url}/hooks/now")
             poll_request.apply_async((rid,), {"callback_url": f"{rec.url}/callbacks"},
                                      queue=QUEUE)
             ids.append(rid)
         states = wait_outcomes(ids, timeout_s=50)  # well before any owner's 60 s countdown
-        time.sleep(3)  # room for a duplicate signal or callback to show up
+        time.sleep(sizes.settle_s)  # room for a duplicate signal or callback to show up
         runs = task_runs(workers) - runs0
     signals = Counter(json.loads(e)["request_id"] for e in r.lrange(SIGNALS, 0, -1))
     latency = [st.finished_at - st.webhook_at for st in states.values()
@@ -174,10 +211,11 @@ def sleeping_owners(sim: Simulator, rec: Receiver, base: dict[str, str], logs: P
     }
 
 
-def lengths(n: int, max_s: float, rng: random.Random) -> list[dict[str, Any]]:
+def lengths(n: int, max_s: float, rng: random.Random,
+            min_s: float = 4.0) -> list[dict[str, Any]]:
     out = []
     for _ in range(n):
-        length = math.exp(rng.uniform(math.log(4), math.log(max_s)))
+        length = math.exp(rng.uniform(math.log(min_s), math.log(max_s)))
         queue_s = rng.uniform(0, min(3.0, length / 4))
         out.append({"queue_s": round(queue_s, 2), "run_s": round(length - queue_s, 2),
                     "progress": rng.choice(["linear", "none"])})
@@ -185,16 +223,17 @@ def lengths(n: int, max_s: float, rng: random.Random) -> list[dict[str, Any]]:
 
 
 def scenarios(sim: Simulator, rec: Receiver, base: dict[str, str], logs: Path, n: int,
-              max_s: float, rng: random.Random) -> dict[str, Any]:
+              max_s: float, rng: random.Random, sizes: Sizes) -> dict[str, Any]:
     from clipia_tasks import poll_request
 
-    scripts = lengths(n, max_s, rng)
-    started: dict[str, list[tuple[str, float, float]]] = {s: [] for s in SCENARIOS}
+    scripts = lengths(n, max_s, rng, sizes.min_length_s)
+    routes = scenario_routes(sizes.late_s)
+    buckets = (f"{sizes.min_length_s:g}-15 s", "15-30 s", "30-60 s")
+    started: dict[str, list[tuple[str, float, float]]] = {s: [] for s in routes}
     with ExitStack() as stack:
-        start_workers(stack, base, logs, "default")
+        start_workers(stack, base, logs, "default", sizes.stop_s)
         for script in scripts:
-            for name in SCENARIOS:
-                route = ROUTE.get(name)
+            for name, route in routes.items():
                 url = f"{rec.url}/hooks/{route}" if route else None
                 rid = sim.create(script, webhook_url=url)
                 t0 = time.time()
@@ -211,7 +250,7 @@ def scenarios(sim: Simulator, rec: Receiver, base: dict[str, str], logs: Path, n
             n_status = len(sim.calls(request_id=rid, endpoint="status"))
             status.append(n_status)
             calls.append(n_status + len(sim.calls(request_id=rid, endpoint="result")))
-            bucket = "4-15 s" if length < 15 else "15-30 s" if length < 30 else "30-60 s"
+            bucket = buckets[0] if length < 15 else buckets[1] if length < 30 else buckets[2]
             by_len.setdefault(bucket, []).append(n_status)
             if st is not None and st.finished_at:
                 lag.append(max(st.finished_at - end_at, 0.0))
@@ -220,8 +259,8 @@ def scenarios(sim: Simulator, rec: Receiver, base: dict[str, str], logs: Path, n
             "requests": len(rows), "unfinished": len(rows) - len(lag),
             "status_calls_p50": pct(status, 0.5), "status_calls_p95": pct(status, 0.95),
             "status_calls_mean": statistics.fmean(status), "calls_p50": pct(calls, 0.5),
-            "status_calls_p50_by_length": {k: pct(by_len[k], 0.5) for k in BUCKETS if k in by_len},
-            "requests_by_length": {k: len(by_len[k]) for k in BUCKETS if k in by_len},
+            "status_calls_p50_by_length": {k: pct(by_len[k], 0.5) for k in buckets if k in by_len},
+            "requests_by_length": {k: len(by_len[k]) for k in buckets if k in by_len},
             "detection_p50_s": pct(lag, 0.5), "detection_p95_s": pct(lag, 0.95),
             "detection_max_s": max(lag, default=float("nan")),
             "within_30s_plus_25pct": sum(caught),
@@ -239,12 +278,17 @@ def main() -> int:
     parser.add_argument("--fallback", type=float, default=None,
                         help="CLIPIA_WEBHOOK_FALLBACK_AFTER in the scenarios (default: its own)")
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--out", default=out_dir(),
+                        help="JSON directory (default: $CLIPIA_BENCH_OUT, else benchmarks/results)")
     args = parser.parse_args()
     clean_environment()
-    owners = args.owners or (30 if args.quick else 100)
-    n = args.n or (12 if args.quick else 40)
-    max_s = args.max_length or (30.0 if args.quick else 60.0)
+    tiny = smoke()
+    sizes = SMOKE if tiny else Sizes()
+    fallback = args.fallback or (SMOKE_FALLBACK_S if tiny else None)
+    owners = args.owners or (3 if tiny else 30 if args.quick else 100)
+    n = args.n or (3 if tiny else 12 if args.quick else 40)
+    max_s = args.max_length or (2.5 if tiny else 30.0 if args.quick else 60.0)
+    min_s = min(sizes.min_length_s, max_s)
     rng = random.Random(args.seed)
     console = Console(width=170)
     with ExitStack() as stack:
@@ -260,15 +304,16 @@ def main() -> int:
                 "CLIPIA_QUEUE": QUEUE,
                 "CLIPIA_POLL_TIMEOUT": "900"}
         configure_process({k: v for k, v in base.items() if k != "CLIPIA_API_KEY"})
-        rec = Receiver()
+        rec = Receiver(sizes.late_s)
         stack.callback(rec.server.shutdown)
         r = redis.Redis.from_url(server.url)
         console.print(f"1. {owners} requests whose owners sleep in 60 s countdowns, 2 workers ...")
-        owners_out = sleeping_owners(sim, rec, base, logs, r, owners, rng)
-        console.print(f"2. {n} requests x {len(SCENARIOS)} scenarios, 4-{max_s:.0f} s ...")
-        scen_env = {**base, **({"CLIPIA_WEBHOOK_FALLBACK_AFTER": f"{args.fallback:g}"}
-                               if args.fallback else {})}
-        scen_out = scenarios(sim, rec, scen_env, logs, n, max_s, rng)
+        owners_out = sleeping_owners(sim, rec, base, logs, r, owners, rng, sizes)
+        console.print(f"2. {n} requests x 4 scenarios, {min_s:g}-{max_s:g} s ...")
+        scen_env = {**base, **({"CLIPIA_WEBHOOK_FALLBACK_AFTER": f"{fallback:g}"}
+                               if fallback else {})}
+        scen_out = scenarios(sim, rec, scen_env, logs, n, max_s, rng,
+                             replace(sizes, min_length_s=min_s))
 
     a = owners_out
     t1 = Table(title=f"Webhook during a 60 s countdown: {a['requests']} requests, 2 workers")
@@ -284,7 +329,7 @@ def main() -> int:
                " ".join(f"{k}x{v}" for k, v in a["callbacks_per_request"]),
                f"{a['task_runs_per_request']:.1f}")
     console.print(t1)
-    t2 = Table(title=f"Calls and detection, {n} requests per scenario, 4-{max_s:.0f} s")
+    t2 = Table(title=f"Calls and detection, {n} requests per scenario, {min_s:g}-{max_s:g} s")
     for col in ("scenario", "status calls p50", "p95", "p50 by length", "all calls p50",
                 "detection p50", "p95", "max", "within 30 s + 25 %"):
         t2.add_column(col, justify="left" if col == "scenario" else "right")
@@ -295,9 +340,10 @@ def main() -> int:
                    f"{s['detection_p95_s']:.2f} s", f"{s['detection_max_s']:.2f} s",
                    f"{s['within_30s_plus_25pct']}/{s['requests']}")
     console.print(t2)
-    mode = "quick" if args.quick else "full"
+    mode = "smoke" if tiny else "quick" if args.quick else "full"
     write_report(console, args.out, f"webhooks-{mode}",
-                 {"quick": args.quick, "seed": args.seed, "sleeping_owners": owners_out,
+                 {"quick": args.quick, "smoke": tiny, "seed": args.seed,
+                  "sleeping_owners": owners_out,
                   "scenarios": scen_out})
     complete = a["recorded"] == a["requests"] and all(
         s["unfinished"] == 0 for s in scen_out.values())

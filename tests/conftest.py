@@ -59,6 +59,7 @@ def pytest_configure(config: Any) -> None:
 HEAVY_FILES = ("test_benchmarks.py",)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups into the test ids
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     # Chaos tests restart Redis and kill workers: run them after everything else.
     items.sort(key=lambda item: item.get_closest_marker("chaos") is not None)

@@ -7,6 +7,14 @@ a Procfile, a diagram or a redis.conf excerpt is not. ``#`` lines are comments o
 output the doc shows. A block is not run when the line before it (blank lines aside) is
 ``<!-- doc-test: skip (why) -->``; each such block is listed as a skipped test item.
 
+A block marked ``<!-- doc-test: smoke (why) -->`` (benchmarks: minutes at full size) is
+not part of its file's scenario either: each of its commands is a test of its own
+(``docs/performance.md:10``), run as written from the repository root with
+``CLIPIA_BENCH_SMOKE=1`` (every benchmark shrinks its workload to seconds) and
+``CLIPIA_BENCH_OUT`` a temporary directory; it must exit 0 and write exactly one JSON
+file there. tests/integration/test_benchmarks.py checks those runs' contents (the same
+run: see :func:`tests.integration.test_benchmarks.run_benchmark`).
+
 How it runs: one scenario per file, in its order, in a fresh directory that links the
 repository's top-level entries (the docs say "from the repository root"; files the
 commands write land there) with its own ``HOME`` and a minimal environment. A README that
@@ -43,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import importlib.metadata
+import json
 import os
 import re
 import shlex
@@ -60,6 +69,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from clipia_tasks.redis_server import RedisServer, free_port
+from tests.integration.test_benchmarks import run_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -88,6 +98,7 @@ COMMAND_WORDS = frozenset({
 SHELL_LANGS = frozenset({"sh", "bash", "shell", "console", "zsh"})
 
 SKIP_MARKER = re.compile(r"<!--\s*doc-test:\s*skip\s*\((?P<why>[^)]*)\)\s*-->")
+SMOKE_MARKER = re.compile(r"<!--\s*doc-test:\s*smoke\s*\((?P<why>[^)]*)\)\s*-->")
 ANY_MARKER = re.compile(r"<!--\s*doc-test:")
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<lang>[\w+-]*)")
 PREREQUISITE = re.compile(r"after the common setup in \[[^\]]*\]\((?P<path>[^)#\s]+)")
@@ -183,6 +194,13 @@ class Block:
     lang: str
     commands: tuple[Command, ...]
     skip: str | None
+    #: The reason of a ``doc-test: smoke`` marker: run alone, on a tiny workload.
+    smoke: str | None = None
+
+    @property
+    def in_scenario(self) -> bool:
+        """Whether its commands run in its file's scenario (neither marker)."""
+        return self.skip is None and self.smoke is None
 
     @property
     def where(self) -> str:
@@ -243,16 +261,22 @@ def _looks_like_commands(lines: list[tuple[int, str]]) -> bool:
     return False
 
 
-def _skip_before(lines: list[str], index: int) -> str | None:
-    """The reason of a skip marker right before line ``index`` (blank lines aside)."""
+def _marker_before(lines: list[str], index: int, marker: re.Pattern[str]) -> str | None:
+    """The reason of a ``marker`` right before line ``index`` (blank lines aside)."""
     i = index - 1
     while i >= 0 and not lines[i].strip():
         i -= 1
     if i >= 0:
-        match = SKIP_MARKER.search(lines[i])
+        match = marker.search(lines[i])
         if match:
             return match.group("why").strip()
     return None
+
+
+def _block(rel: str, lines: list[str], index: int, lang: str,
+           commands: tuple[Command, ...]) -> Block:
+    return Block(rel, index + 1, lang, commands, _marker_before(lines, index, SKIP_MARKER),
+                 _marker_before(lines, index, SMOKE_MARKER))
 
 
 def read_blocks(path: Path) -> list[Block]:
@@ -274,8 +298,7 @@ def read_blocks(path: Path) -> list[Block]:
                 j += 1
             if lang in SHELL_LANGS or (not lang and _looks_like_commands(body)):
                 commands = _commands(rel, body, console=lang == "console")
-                blocks.append(Block(rel, i + 1, lang or "(untagged)", commands,
-                                    _skip_before(lines, i)))
+                blocks.append(_block(rel, lines, i, lang or "(untagged)", commands))
             i, previous_blank = j + 1, False
             continue
         if previous_blank and lines[i].startswith("    ") and lines[i].strip():
@@ -286,7 +309,7 @@ def read_blocks(path: Path) -> list[Block]:
                 j += 1
             if _looks_like_commands(body):
                 commands = _commands(rel, body, console=False)
-                blocks.append(Block(rel, i + 1, "(indented)", commands, _skip_before(lines, i)))
+                blocks.append(_block(rel, lines, i, "(indented)", commands))
             i, previous_blank = j, True
             continue
         previous_blank = not lines[i].strip()
@@ -316,22 +339,24 @@ def scenario_commands(path: Path) -> list[Command]:
     commands: list[Command] = []
     for source in [*prerequisites(path), path]:
         for block in read_blocks(source):
-            if block.skip is None:
+            if block.in_scenario:
                 commands.extend(block.commands)
     return commands
 
 
 ALL_BLOCKS = [block for path in doc_files() for block in read_blocks(path)]
 SKIPPED = [block for block in ALL_BLOCKS if block.skip is not None]
+#: Each run alone, as written, on a tiny workload (CLIPIA_BENCH_SMOKE=1).
+SMOKE = [c for b in ALL_BLOCKS if b.smoke is not None and b.skip is None for c in b.commands]
 #: Not run anywhere here: tests/integration/test_docker.py checks them statically.
-DOCKER = [c for b in ALL_BLOCKS if b.skip is None for c in b.commands if c.kind is Kind.DOCKER]
+DOCKER = [c for b in ALL_BLOCKS if b.in_scenario for c in b.commands if c.kind is Kind.DOCKER]
 RUNNABLE_FILES = [
     path.relative_to(ROOT).as_posix()
     for path in doc_files()
     if any(
         c.kind not in (Kind.PIP, Kind.DOCKER)
         for block in read_blocks(path)
-        if block.skip is None
+        if block.in_scenario
         for c in block.commands
     )
 ]
@@ -676,13 +701,32 @@ def test_marked_block_is_not_run(block: Block) -> None:
     pytest.skip(f"{block.where}: {block.skip}")
 
 
+# Loads both cores for seconds each: in the "heavy" xdist group with
+# tests/integration/test_benchmarks.py, which reads the same runs (run_benchmark runs
+# each command once per test run and one at a time, whichever process asks).
+@pytest.mark.xdist_group("heavy")
+@pytest.mark.parametrize("command", SMOKE, ids=[c.where for c in SMOKE])
+def test_smoke_marked_command_runs_on_a_tiny_workload(
+    command: Command, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # Given a benchmark command of the docs, marked to run on a tiny workload
+    assert command.kind is Kind.FOREGROUND, f"{command.where}: {command.kind.value}"
+    # When it runs as written from the repository root, with CLIPIA_BENCH_SMOKE=1
+    run = run_benchmark(command.code, tmp_path_factory)
+    print(f"\n{command.where}: {run.seconds:.1f} s, {[p.name for p in run.reports]}")
+    # Then it exits 0 and writes exactly one JSON report into CLIPIA_BENCH_OUT
+    assert run.returncode == 0, run.tail()
+    assert len(run.reports) == 1, (run.reports, run.tail())
+    json.loads(run.reports[0].read_text())
+
+
 @pytest.mark.parametrize("command", DOCKER, ids=[c.where for c in DOCKER])
 def test_docker_command_is_not_run(command: Command) -> None:
     pytest.skip(f"{command.where}: docker, checked by tests/integration/test_docker.py")
 
 
-def test_every_marker_is_a_skip_with_a_reason_right_before_a_command_block() -> None:
-    marked = {(b.path, b.line) for b in SKIPPED}
+def test_every_marker_is_a_skip_or_smoke_with_a_reason_right_before_a_command_block() -> None:
+    marked = {(b.path, b.line) for b in ALL_BLOCKS if b.skip is not None or b.smoke is not None}
     wrong = []
     for path in doc_files():
         rel = path.relative_to(ROOT).as_posix()
@@ -690,15 +734,23 @@ def test_every_marker_is_a_skip_with_a_reason_right_before_a_command_block() -> 
         for number, line in enumerate(lines, 1):
             if not ANY_MARKER.search(line):
                 continue
-            match = SKIP_MARKER.search(line)
+            match = SKIP_MARKER.search(line) or SMOKE_MARKER.search(line)
             if match is None or not match.group("why").strip():
-                wrong.append(f"{rel}:{number}: not `<!-- doc-test: skip (why) -->`")
+                wrong.append(f"{rel}:{number}: not `<!-- doc-test: skip (why) -->` "
+                             "or `<!-- doc-test: smoke (why) -->`")
                 continue
             following = number
             while following < len(lines) and not lines[following].strip():
                 following += 1
             if (rel, following + 1) not in marked:
                 wrong.append(f"{rel}:{number}: no shell block right after it")
+    # A smoke block holds benchmark commands only: they are what CLIPIA_BENCH_SMOKE shrinks
+    for command in SMOKE:
+        if command.kind is not Kind.FOREGROUND or not re.search(
+            r"(^|\s)(\S*/)?python3?\s+benchmarks/\w+\.py\b", command.code
+        ):
+            wrong.append(f"{command.where}: a smoke block's command is not "
+                         f"`python benchmarks/<script>.py ...`: {command.code}")
     assert not wrong, "\n".join(wrong)
 
 
