@@ -53,19 +53,10 @@ def pytest_configure(config: Any) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-#: Tests that load both cores for long stretches: with pytest-xdist (``-n 2 --dist
-#: loadgroup`` in pyproject.toml) they run one after another on one process while the
-#: other process takes the rest, so no two of them compete.
-HEAVY_FILES = ("test_benchmarks.py",)
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups into the test ids
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
-    # Chaos tests restart Redis and kill workers: run them after everything else.
+    # Chaos tests restart Redis and kill workers: run them after everything else (in
+    # each pytest-xdist process; they restart only servers of their own).
     items.sort(key=lambda item: item.get_closest_marker("chaos") is not None)
-    for item in items:
-        if item.get_closest_marker("chaos") or item.path.name in HEAVY_FILES:
-            item.add_marker(pytest.mark.xdist_group("heavy"))
 
 
 @pytest.fixture(scope="session")
