@@ -527,7 +527,18 @@ def _doctor_checks(*, production: bool = False) -> list[Check]:
     except ConfigurationError as exc:
         return [Check("settings", Level.FAIL, str(exc), "fix the variable named above")]
     checks.append(Check("settings", Level.OK, "all settings parse"))
-    for label, url in (("broker", settings.broker), ("result backend", settings.backend)):
+    # A Redis nobody named (REDIS_URL / CELERY_* unset: Celery's default on 6379) may be
+    # someone else's: say what would be used, and leave it alone.
+    named = settings.model_fields_set
+    for label, url, own in (("broker", settings.broker, "broker_url"),
+                            ("result backend", settings.backend, "result_backend")):
+        if not named & {"redis_url", own}:
+            checks.append(Check(
+                f"Redis ({label})", Level.WARN,
+                f"REDIS_URL is not set: workers and web processes would use the default "
+                f"{redact_url(url)}; not checked (doctor connects only to a Redis you name)",
+                "set REDIS_URL (for hand runs: clipia-tasks redis prints one)"))
+            continue
         try:
             client = redis_client(url, settings, socket_timeout_s=2, connect_timeout_s=2)
             client.ping()
@@ -574,6 +585,11 @@ def _doctor_checks(*, production: bool = False) -> list[Check]:
                                 "check CLIPIA_BASE_URL and the network"))
         finally:
             api.close()
+    if not named & {"redis_url", "broker_url"}:
+        checks.append(Check("workers", Level.WARN,
+                            "not checked: asking workers writes to the broker, and none "
+                            "was named", "set REDIS_URL"))
+        return checks
     try:
         app.conf.update(broker_url=settings.broker, result_backend=settings.backend)
         # A worker busy on two cores can take over a second to answer.

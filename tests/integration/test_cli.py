@@ -307,6 +307,32 @@ def test_status_and_doctor_report_in_json(simulator: Any, worker: Worker,
     assert checks["Redis (broker)"]["fix"]
 
 
+def test_doctor_without_redis_url_says_so_and_connects_to_no_redis(
+    simulator: Any, tmp_path: Path
+) -> None:
+    # Given no REDIS_URL (this machine runs a Redis on 6379: not ours), a key and the API
+    env = {**_demo_env(), "CLIPIA_API_KEY": "clipia_live_doctor_test",
+           "CLIPIA_BASE_URL": simulator.url}
+    hooks, log = tmp_path / "hooks", tmp_path / "connects.log"
+    hooks.mkdir()
+    _record_connects(hooks, log, env)
+    # When doctor runs
+    run = subprocess.run([*CLI, "doctor", "--json"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    # Then it names the default it would use, warns, and checks the API only
+    checks = {c["name"]: c for c in json.loads(run.stdout)}
+    assert run.returncode == 0, checks
+    for name in ("Redis (broker)", "Redis (result backend)", "workers"):
+        assert checks[name]["level"] == "warn" and "not checked" in checks[name]["detail"]
+    assert "redis://localhost:6379/0" in checks["Redis (broker)"]["detail"]
+    assert checks["API"]["level"] == "ok"
+    # and its only TCP connection was to the simulator
+    connects = [ast.literal_eval(line) for line in log.read_text().splitlines()]
+    tcp = {address[:2] for _, family, kind, address in connects
+           if family in (socket.AF_INET, socket.AF_INET6) and kind == socket.SOCK_STREAM}
+    assert tcp == {("127.0.0.1", int(simulator.url.rsplit(":", 1)[1]))}, tcp
+
+
 def test_doctor_warns_on_redis_without_persistence_and_fails_with_production(
     simulator: Any, worker: Worker, celery_env: dict[str, str], own_redis_factory: Any
 ) -> None:
