@@ -704,15 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--production", action="store_true",
                         help="Redis persistence off fails (exit 1) instead of warning")
     simulator = sub.add_parser("simulator", help="run the offline Clipia API simulator")
-    # The same options, and help, as python -m clipia_tasks.simulator.
-    simulator.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    simulator.add_argument("--port", type=int, default=8787,
-                           help="port to bind (8787; 0 = any)")
-    simulator.add_argument("--api-key", action="append", default=None, metavar="KEY",
-                           help="accept only this key (repeatable); default: any "
-                           "clipia_live_/clipia_test_ key")
-    simulator.add_argument("--webhook-secret", default=None,
-                           help="sign and send webhooks with this secret")
+    from .simulator._server import add_arguments as add_simulator_arguments
+
+    add_simulator_arguments(simulator)  # the options of python -m clipia_tasks.simulator
     redis_cmd = sub.add_parser("redis", help="run a private Redis with AOF on, for hand runs, "
                                "until Ctrl-C; prints export REDIS_URL=...")
     redis_cmd.add_argument("--port", type=int, default=0, help="default: a free port")
@@ -726,14 +720,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=getattr(args, "json", False))
     try:
         if args.command == "simulator":
-            from .simulator import main as sim_main
+            from .simulator._server import serve
 
-            sim_argv = ["--host", args.host, "--port", str(args.port)]
-            for key in args.api_key or []:
-                sim_argv += ["--api-key", key]
-            if args.webhook_secret:
-                sim_argv += ["--webhook-secret", args.webhook_secret]
-            return sim_main(sim_argv)
+            return serve(args)
         if args.command == "demo":
             return _cmd_demo(args, console)
         if args.command == "redis":

@@ -9,8 +9,10 @@ once with :func:`learn`). :func:`prior` turns the history into a
 call and to predict the end of requests that report no progress.
 
 Memory and decay: each of the three rings (queue, run, total) keeps the newest
-:data:`MAX_SAMPLES` values; older ones drop off, and the quantiles weigh the
-newer ones more (half weight every :data:`HALF_LIFE` samples). The encoded
+:data:`MAX_SAMPLES` values; older ones drop off, and the medians and p90s weigh
+the newer ones more (half weight every :data:`HALF_LIFE` samples). The bands below
+weigh every kept sample alike: requests started together end, and are learned,
+shortest first, and weighing the newest more would call the shortest unusual. The encoded
 history is at most :data:`MAX_ENCODED_BYTES` bytes.
 
 The *typical band* of a ring (``*_lo_s`` … ``*_hi_s``) is where the model's
@@ -406,7 +408,7 @@ def _band(ring: Sequence[float]) -> tuple[float, float]:
     p10, p50, p90 = (_quantile(usual, q, recent=False) for q in (0.1, 0.5, 0.9))
     # A tenth of a uniform spread lies beyond p10 and p90, a quarter of their
     # distance to the median; fewer samples leave more room for chance; and every
-    # ordinary sample is inside (old ones weigh less in the quantiles).
+    # ordinary sample is inside.
     floor = max(0.3 * p50 / len(usual), 0.05)
     lo = min(p10 - 0.25 * (p50 - p10), p50 - floor, min(usual))
     hi = max(p90 + 0.25 * (p90 - p50), p50 + floor, max(usual))

@@ -19,6 +19,7 @@ moment it was set.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -363,6 +364,7 @@ def _png(rgb: bytes, size: int = 256) -> bytes:
             + chunk(b"IDAT", zlib.compress(row * size, 9)) + chunk(b"IEND", b""))
 
 
+@functools.cache
 def _wav_tone(rate: int = 8000, seconds: float = 1.0, hz: float = 440.0) -> bytes:
     frames = b"".join(
         struct.pack("<h", int(8000 * math.sin(2 * math.pi * hz * i / rate)))

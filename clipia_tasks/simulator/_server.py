@@ -253,12 +253,8 @@ class SimulatorServer:
                 logger.exception("simulator: webhook tick failed")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m clipia_tasks.simulator``: serve the simulator until Ctrl-C."""
-    parser = argparse.ArgumentParser(
-        prog="python -m clipia_tasks.simulator",
-        description="Offline stand-in for the Clipia queue API (loopback HTTP).",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The simulator's command-line options (also ``clipia-tasks simulator``'s)."""
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8787, help="port to bind (8787; 0 = any)")
     parser.add_argument(
@@ -271,7 +267,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--webhook-secret", default=None, help="sign and send webhooks with this secret"
     )
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m clipia_tasks.simulator``: serve the simulator until Ctrl-C."""
+    parser = argparse.ArgumentParser(
+        prog="python -m clipia_tasks.simulator",
+        description="Offline stand-in for the Clipia queue API (loopback HTTP).",
+    )
+    add_arguments(parser)
+    return serve(parser.parse_args(argv))
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve the simulator as :func:`add_arguments`' options say, until Ctrl-C."""
     simulator = Simulator(
         api_keys=set(args.api_keys) if args.api_keys else None,
         webhook_secret=args.webhook_secret,
